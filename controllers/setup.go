@@ -11,6 +11,11 @@ type Options struct {
 	UnsealImage string
 }
 
+// +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels;trainingjobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels/status;trainingjobs/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
 // SetupWithManager registers every ModelGuard reconciler with mgr.
 func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	_ = mgr
