@@ -32,18 +32,60 @@ import (
 func ForKind(kind schema.GroupVersionKind) interface{} {
 	switch kind {
 	// Group=ml.modelguard.dev, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithKind("Access"):
+		return &apiv1alpha1.AccessApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("AWSKMSKey"):
+		return &apiv1alpha1.AWSKMSKeyApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("EgressRule"):
+		return &apiv1alpha1.EgressRuleApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("GPU"):
+		return &apiv1alpha1.GPUApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("HTTPSource"):
+		return &apiv1alpha1.HTTPSourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("KeySource"):
+		return &apiv1alpha1.KeySourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelServer"):
+		return &apiv1alpha1.ModelServerApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("Network"):
+		return &apiv1alpha1.NetworkApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("NetworkClient"):
+		return &apiv1alpha1.NetworkClientApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("NetworkPort"):
+		return &apiv1alpha1.NetworkPortApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("Ownership"):
+		return &apiv1alpha1.OwnershipApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ProtectedModel"):
 		return &apiv1alpha1.ProtectedModelApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ProtectedModelSpec"):
 		return &apiv1alpha1.ProtectedModelSpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ProtectedModelStatus"):
 		return &apiv1alpha1.ProtectedModelStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ProtectionSummary"):
+		return &apiv1alpha1.ProtectionSummaryApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("SealedWeights"):
+		return &apiv1alpha1.SealedWeightsApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("SealSpec"):
+		return &apiv1alpha1.SealSpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("SecretKeyRef"):
+		return &apiv1alpha1.SecretKeyRefApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("TrainingData"):
+		return &apiv1alpha1.TrainingDataApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingJob"):
 		return &apiv1alpha1.TrainingJobApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingJobSpec"):
 		return &apiv1alpha1.TrainingJobSpecApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingJobStatus"):
 		return &apiv1alpha1.TrainingJobStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("TrainingOutput"):
+		return &apiv1alpha1.TrainingOutputApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("TrainingOutputStatus"):
+		return &apiv1alpha1.TrainingOutputStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("VaultTransitKey"):
+		return &apiv1alpha1.VaultTransitKeyApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("VolumeSource"):
+		return &apiv1alpha1.VolumeSourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("WeightsSource"):
+		return &apiv1alpha1.WeightsSourceApplyConfiguration{}
 
 	}
 	return nil

@@ -39,6 +39,201 @@ func Parser() *typed.Parser {
 var parserOnce sync.Once
 var parser *typed.Parser
 var schemaYAML = typed.YAMLObject(`types:
+- name: com.github.modelguard.modelguard.api.v1alpha1.AWSKMSKey
+  map:
+    fields:
+    - name: endpoint
+      type:
+        scalar: string
+    - name: keyId
+      type:
+        scalar: string
+    - name: region
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.Access
+  map:
+    fields:
+    - name: breakGlassGroups
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: associative
+- name: com.github.modelguard.modelguard.api.v1alpha1.CIDR
+  scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.Classification
+  scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.EgressRule
+  map:
+    fields:
+    - name: cidr
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.CIDR
+    - name: except
+      type:
+        list:
+          elementType:
+            namedType: com.github.modelguard.modelguard.api.v1alpha1.CIDR
+          elementRelationship: atomic
+    - name: ports
+      type:
+        list:
+          elementType:
+            namedType: com.github.modelguard.modelguard.api.v1alpha1.NetworkPort
+          elementRelationship: atomic
+- name: com.github.modelguard.modelguard.api.v1alpha1.GPU
+  map:
+    fields:
+    - name: count
+      type:
+        scalar: numeric
+    - name: minMemoryMiB
+      type:
+        scalar: numeric
+    - name: priorityClassName
+      type:
+        scalar: string
+    - name: products
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: associative
+    - name: resourceName
+      type:
+        scalar: string
+      default: nvidia.com/gpu
+    - name: tolerations
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.api.core.v1.Toleration
+          elementRelationship: atomic
+- name: com.github.modelguard.modelguard.api.v1alpha1.HTTPSource
+  map:
+    fields:
+    - name: url
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.KeySource
+  map:
+    fields:
+    - name: awsKms
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.AWSKMSKey
+    - name: secretRef
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.SecretKeyRef
+    - name: vaultTransit
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.VaultTransitKey
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelServer
+  map:
+    fields:
+    - name: args
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: command
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: env
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.api.core.v1.EnvVar
+          elementRelationship: associative
+          keys:
+          - name
+    - name: image
+      type:
+        scalar: string
+    - name: modelMountPath
+      type:
+        scalar: string
+      default: /models
+    - name: port
+      type:
+        scalar: numeric
+      default: 8080
+    - name: readinessPath
+      type:
+        scalar: string
+    - name: replicas
+      type:
+        scalar: numeric
+      default: 1
+    - name: resources
+      type:
+        namedType: io.k8s.api.core.v1.ResourceRequirements
+- name: com.github.modelguard.modelguard.api.v1alpha1.Network
+  map:
+    fields:
+    - name: allowedClients
+      type:
+        list:
+          elementType:
+            namedType: com.github.modelguard.modelguard.api.v1alpha1.NetworkClient
+          elementRelationship: atomic
+    - name: allowedEgress
+      type:
+        list:
+          elementType:
+            namedType: com.github.modelguard.modelguard.api.v1alpha1.EgressRule
+          elementRelationship: atomic
+- name: com.github.modelguard.modelguard.api.v1alpha1.NetworkClient
+  map:
+    fields:
+    - name: namespaceSelector
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+    - name: podSelector
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+- name: com.github.modelguard.modelguard.api.v1alpha1.NetworkPort
+  map:
+    fields:
+    - name: endPort
+      type:
+        scalar: numeric
+    - name: port
+      type:
+        scalar: numeric
+    - name: protocol
+      type:
+        namedType: io.k8s.api.core.v1.Protocol
+      default: TCP
+- name: com.github.modelguard.modelguard.api.v1alpha1.Ownership
+  map:
+    fields:
+    - name: classification
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Classification
+      default: TradeSecret
+    - name: contact
+      type:
+        scalar: string
+    - name: copyright
+      type:
+        scalar: string
+    - name: license
+      type:
+        scalar: string
+    - name: owner
+      type:
+        scalar: string
+    - name: patents
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: associative
 - name: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModel
   map:
     fields:
@@ -57,12 +252,32 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: status
       type:
         namedType: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModelStatus
+- name: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModelPhase
+  scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModelSpec
   map:
     fields:
-    - name: owner
+    - name: access
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Access
+    - name: gpu
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.GPU
+    - name: network
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Network
+    - name: ownership
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Ownership
+    - name: runtimeClassName
       type:
         scalar: string
+    - name: server
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelServer
+    - name: weights
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.SealedWeights
 - name: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModelStatus
   map:
     fields:
@@ -77,6 +292,81 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: observedGeneration
       type:
         scalar: numeric
+    - name: phase
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ProtectedModelPhase
+    - name: protection
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ProtectionSummary
+    - name: readyReplicas
+      type:
+        scalar: numeric
+    - name: replicas
+      type:
+        scalar: numeric
+- name: com.github.modelguard.modelguard.api.v1alpha1.ProtectionSummary
+  map:
+    fields:
+    - name: cipher
+      type:
+        scalar: string
+    - name: digest
+      type:
+        scalar: string
+    - name: execGuard
+      type:
+        scalar: string
+    - name: isolation
+      type:
+        scalar: string
+    - name: keyProvider
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.SealSpec
+  map:
+    fields:
+    - name: key
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.KeySource
+- name: com.github.modelguard.modelguard.api.v1alpha1.SealedWeights
+  map:
+    fields:
+    - name: digest
+      type:
+        scalar: string
+    - name: key
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.KeySource
+    - name: memory
+      type:
+        namedType: io.k8s.apimachinery.pkg.api.resource.Quantity
+    - name: source
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.WeightsSource
+- name: com.github.modelguard.modelguard.api.v1alpha1.SecretKeyRef
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: name
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.TrainingData
+  map:
+    fields:
+    - name: claimName
+      type:
+        scalar: string
+    - name: http
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.HTTPSource
+    - name: name
+      type:
+        scalar: string
+    - name: readOnly
+      type:
+        scalar: boolean
 - name: com.github.modelguard.modelguard.api.v1alpha1.TrainingJob
   map:
     fields:
@@ -95,10 +385,78 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: status
       type:
         namedType: com.github.modelguard.modelguard.api.v1alpha1.TrainingJobStatus
+- name: com.github.modelguard.modelguard.api.v1alpha1.TrainingJobPhase
+  scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.TrainingJobSpec
   map:
     fields:
+    - name: access
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Access
+    - name: activeDeadlineSeconds
+      type:
+        scalar: numeric
+    - name: args
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: backoffLimit
+      type:
+        scalar: numeric
+      default: 0
+    - name: baseWeights
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.SealedWeights
+    - name: command
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: data
+      type:
+        list:
+          elementType:
+            namedType: com.github.modelguard.modelguard.api.v1alpha1.TrainingData
+          elementRelationship: associative
+          keys:
+          - name
+    - name: env
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.api.core.v1.EnvVar
+          elementRelationship: associative
+          keys:
+          - name
+    - name: gpu
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.GPU
     - name: image
+      type:
+        scalar: string
+    - name: network
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Network
+    - name: nodes
+      type:
+        scalar: numeric
+      default: 1
+    - name: output
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.TrainingOutput
+    - name: ownership
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.Ownership
+    - name: queueName
+      type:
+        scalar: string
+    - name: resources
+      type:
+        namedType: io.k8s.api.core.v1.ResourceRequirements
+    - name: runtimeClassName
       type:
         scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.TrainingJobStatus
@@ -115,6 +473,242 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: observedGeneration
       type:
         scalar: numeric
+    - name: output
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.TrainingOutputStatus
+    - name: phase
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.TrainingJobPhase
+    - name: protection
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ProtectionSummary
+- name: com.github.modelguard.modelguard.api.v1alpha1.TrainingOutput
+  map:
+    fields:
+    - name: allowUnencryptedStorage
+      type:
+        scalar: boolean
+      default: false
+    - name: promoteTo
+      type:
+        scalar: string
+    - name: seal
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.SealSpec
+    - name: size
+      type:
+        namedType: io.k8s.apimachinery.pkg.api.resource.Quantity
+    - name: storageClassName
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.TrainingOutputStatus
+  map:
+    fields:
+    - name: claimName
+      type:
+        scalar: string
+    - name: path
+      type:
+        scalar: string
+    - name: sealedDigest
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.VaultTransitKey
+  map:
+    fields:
+    - name: address
+      type:
+        scalar: string
+    - name: keyName
+      type:
+        scalar: string
+    - name: mountPath
+      type:
+        scalar: string
+      default: transit
+    - name: role
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.VolumeSource
+  map:
+    fields:
+    - name: claimName
+      type:
+        scalar: string
+    - name: path
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.WeightsSource
+  map:
+    fields:
+    - name: http
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.HTTPSource
+    - name: volume
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.VolumeSource
+- name: io.k8s.api.core.v1.ConfigMapKeySelector
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: name
+      type:
+        scalar: string
+      default: ""
+    - name: optional
+      type:
+        scalar: boolean
+    elementRelationship: atomic
+- name: io.k8s.api.core.v1.EnvVar
+  map:
+    fields:
+    - name: name
+      type:
+        scalar: string
+    - name: value
+      type:
+        scalar: string
+    - name: valueFrom
+      type:
+        namedType: io.k8s.api.core.v1.EnvVarSource
+- name: io.k8s.api.core.v1.EnvVarSource
+  map:
+    fields:
+    - name: configMapKeyRef
+      type:
+        namedType: io.k8s.api.core.v1.ConfigMapKeySelector
+    - name: fieldRef
+      type:
+        namedType: io.k8s.api.core.v1.ObjectFieldSelector
+    - name: fileKeyRef
+      type:
+        namedType: io.k8s.api.core.v1.FileKeySelector
+    - name: resourceFieldRef
+      type:
+        namedType: io.k8s.api.core.v1.ResourceFieldSelector
+    - name: secretKeyRef
+      type:
+        namedType: io.k8s.api.core.v1.SecretKeySelector
+- name: io.k8s.api.core.v1.FileKeySelector
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: optional
+      type:
+        scalar: boolean
+      default: false
+    - name: path
+      type:
+        scalar: string
+    - name: volumeName
+      type:
+        scalar: string
+    elementRelationship: atomic
+- name: io.k8s.api.core.v1.ObjectFieldSelector
+  map:
+    fields:
+    - name: apiVersion
+      type:
+        scalar: string
+    - name: fieldPath
+      type:
+        scalar: string
+    elementRelationship: atomic
+- name: io.k8s.api.core.v1.Protocol
+  scalar: string
+- name: io.k8s.api.core.v1.ResourceClaim
+  map:
+    fields:
+    - name: name
+      type:
+        scalar: string
+    - name: request
+      type:
+        scalar: string
+- name: io.k8s.api.core.v1.ResourceFieldSelector
+  map:
+    fields:
+    - name: containerName
+      type:
+        scalar: string
+    - name: divisor
+      type:
+        namedType: io.k8s.apimachinery.pkg.api.resource.Quantity
+    - name: resource
+      type:
+        scalar: string
+    elementRelationship: atomic
+- name: io.k8s.api.core.v1.ResourceList
+  map:
+    elementType:
+      namedType: io.k8s.apimachinery.pkg.api.resource.Quantity
+- name: io.k8s.api.core.v1.ResourceRequirements
+  map:
+    fields:
+    - name: claims
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.api.core.v1.ResourceClaim
+          elementRelationship: associative
+          keys:
+          - name
+    - name: limits
+      type:
+        namedType: io.k8s.api.core.v1.ResourceList
+    - name: requests
+      type:
+        namedType: io.k8s.api.core.v1.ResourceList
+- name: io.k8s.api.core.v1.SecretKeySelector
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: name
+      type:
+        scalar: string
+      default: ""
+    - name: optional
+      type:
+        scalar: boolean
+    elementRelationship: atomic
+- name: io.k8s.api.core.v1.TaintEffect
+  scalar: string
+- name: io.k8s.api.core.v1.Toleration
+  map:
+    fields:
+    - name: effect
+      type:
+        namedType: io.k8s.api.core.v1.TaintEffect
+    - name: key
+      type:
+        scalar: string
+    - name: operator
+      type:
+        namedType: io.k8s.api.core.v1.TolerationOperator
+    - name: tolerationSeconds
+      type:
+        scalar: numeric
+    - name: value
+      type:
+        scalar: string
+- name: io.k8s.api.core.v1.TolerationOperator
+  scalar: string
+- name: io.k8s.apimachinery.pkg.api.resource.Quantity
+  scalar: untyped
+  list:
+    elementType:
+      namedType: __untyped_atomic_
+    elementRelationship: atomic
+  map:
+    elementType:
+      namedType: __untyped_deduced_
+    elementRelationship: separable
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.Condition
   map:
     fields:
@@ -150,6 +744,38 @@ var schemaYAML = typed.YAMLObject(`types:
         elementType:
           namedType: __untyped_deduced_
         elementRelationship: separable
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+  map:
+    fields:
+    - name: matchExpressions
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement
+          elementRelationship: atomic
+    - name: matchLabels
+      type:
+        map:
+          elementType:
+            scalar: string
+    elementRelationship: atomic
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorOperator
+  scalar: string
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: operator
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorOperator
+    - name: values
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry
   map:
     fields:

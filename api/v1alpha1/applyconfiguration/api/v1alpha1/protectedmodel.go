@@ -30,13 +30,19 @@ import (
 // ProtectedModelApplyConfiguration represents a declarative configuration of the ProtectedModel type for use
 // with apply.
 //
-// ProtectedModel serves a model from sealed weights with encryption at rest,
-// network isolation, GPU scheduling and ownership annotations.
+// ProtectedModel serves a model from sealed weights: the weights stay
+// encrypted at rest and are decrypted only into memory, the pods are isolated
+// by a default-deny NetworkPolicy, scheduled onto suitable GPUs, hardened, and
+// every object carries the owner's ownership annotations.
 type ProtectedModelApplyConfiguration struct {
-	v1.TypeMetaApplyConfiguration    `json:""`
+	v1.TypeMetaApplyConfiguration `json:""`
+	// metadata is the standard object metadata. The name must be a DNS-1035
+	// label of at most 50 characters.
 	*v1.ObjectMetaApplyConfiguration `json:"metadata,omitempty"`
-	Spec                             *ProtectedModelSpecApplyConfiguration   `json:"spec,omitempty"`
-	Status                           *ProtectedModelStatusApplyConfiguration `json:"status,omitempty"`
+	// spec is the model to serve and how to protect it.
+	Spec *ProtectedModelSpecApplyConfiguration `json:"spec,omitempty"`
+	// status is the observed protection state.
+	Status *ProtectedModelStatusApplyConfiguration `json:"status,omitempty"`
 }
 
 // ProtectedModel constructs a declarative configuration of the ProtectedModel type for use with

@@ -21,10 +21,29 @@ package v1alpha1
 // ProtectedModelSpecApplyConfiguration represents a declarative configuration of the ProtectedModelSpec type for use
 // with apply.
 //
-// ProtectedModelSpec describes a model served from sealed (encrypted) weights.
+// ProtectedModelSpec is the desired state of a ProtectedModel.
 type ProtectedModelSpecApplyConfiguration struct {
-	// Owner is the legal owner of the model's weights, e.g. "Acme Corp".
-	Owner *string `json:"owner,omitempty"`
+	// ownership records who owns the model. It is copied onto every object
+	// ModelGuard creates for this model.
+	Ownership *OwnershipApplyConfiguration `json:"ownership,omitempty"`
+	// weights says where the sealed weights are, which model digest they
+	// must have and which key opens them. An init container verifies and
+	// decrypts them into memory; the model server never sees a key.
+	Weights *SealedWeightsApplyConfiguration `json:"weights,omitempty"`
+	// server is the model server that serves the decrypted weights.
+	Server *ModelServerApplyConfiguration `json:"server,omitempty"`
+	// gpu asks for GPUs for each model server pod. Unset means no GPU.
+	GPU *GPUApplyConfiguration `json:"gpu,omitempty"`
+	// network says who may call the model and where it may connect. Unset
+	// or empty means nobody may call it and it can reach only DNS.
+	Network *NetworkApplyConfiguration `json:"network,omitempty"`
+	// access controls exec into the model's pods. Unset means nobody may
+	// exec.
+	Access *AccessApplyConfiguration `json:"access,omitempty"`
+	// runtimeClassName is the RuntimeClass of the pods, e.g. a
+	// confidential-computing runtime such as "kata-cc". Unset means the
+	// cluster default.
+	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
 }
 
 // ProtectedModelSpecApplyConfiguration constructs a declarative configuration of the ProtectedModelSpec type for use with
@@ -33,10 +52,58 @@ func ProtectedModelSpec() *ProtectedModelSpecApplyConfiguration {
 	return &ProtectedModelSpecApplyConfiguration{}
 }
 
-// WithOwner sets the Owner field in the declarative configuration to the given value
+// WithOwnership sets the Ownership field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
-// If called multiple times, the Owner field is set to the value of the last call.
-func (b *ProtectedModelSpecApplyConfiguration) WithOwner(value string) *ProtectedModelSpecApplyConfiguration {
-	b.Owner = &value
+// If called multiple times, the Ownership field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithOwnership(value *OwnershipApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.Ownership = value
+	return b
+}
+
+// WithWeights sets the Weights field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Weights field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithWeights(value *SealedWeightsApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.Weights = value
+	return b
+}
+
+// WithServer sets the Server field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Server field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithServer(value *ModelServerApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.Server = value
+	return b
+}
+
+// WithGPU sets the GPU field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the GPU field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithGPU(value *GPUApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.GPU = value
+	return b
+}
+
+// WithNetwork sets the Network field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Network field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithNetwork(value *NetworkApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.Network = value
+	return b
+}
+
+// WithAccess sets the Access field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Access field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithAccess(value *AccessApplyConfiguration) *ProtectedModelSpecApplyConfiguration {
+	b.Access = value
+	return b
+}
+
+// WithRuntimeClassName sets the RuntimeClassName field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the RuntimeClassName field is set to the value of the last call.
+func (b *ProtectedModelSpecApplyConfiguration) WithRuntimeClassName(value string) *ProtectedModelSpecApplyConfiguration {
+	b.RuntimeClassName = &value
 	return b
 }

@@ -19,6 +19,7 @@ limitations under the License.
 package v1alpha1
 
 import (
+	apiv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
@@ -27,10 +28,20 @@ import (
 //
 // ProtectedModelStatus is the observed protection state of a ProtectedModel.
 type ProtectedModelStatusApplyConfiguration struct {
-	// ObservedGeneration is the generation the status was computed from.
+	// observedGeneration is the metadata.generation this status describes.
 	ObservedGeneration *int64 `json:"observedGeneration,omitempty"`
-	// Conditions report each protection guarantee and overall readiness.
+	// phase summarizes the state: Pending, Protected, Degraded or Failed.
+	Phase *apiv1alpha1.ProtectedModelPhase `json:"phase,omitempty"`
+	// conditions report readiness (Ready, Reconciling, Stalled) and each
+	// protection guarantee (WeightsEncrypted, WeightsVerified, KeyAvailable,
+	// NetworkIsolated, Hardened, GPUScheduled, OwnershipRecorded).
 	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
+	// protection summarizes how the model is protected, for humans.
+	Protection *ProtectionSummaryApplyConfiguration `json:"protection,omitempty"`
+	// replicas is the number of model server pods.
+	Replicas *int32 `json:"replicas,omitempty"`
+	// readyReplicas is the number of model server pods that are ready.
+	ReadyReplicas *int32 `json:"readyReplicas,omitempty"`
 }
 
 // ProtectedModelStatusApplyConfiguration constructs a declarative configuration of the ProtectedModelStatus type for use with
@@ -47,6 +58,14 @@ func (b *ProtectedModelStatusApplyConfiguration) WithObservedGeneration(value in
 	return b
 }
 
+// WithPhase sets the Phase field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Phase field is set to the value of the last call.
+func (b *ProtectedModelStatusApplyConfiguration) WithPhase(value apiv1alpha1.ProtectedModelPhase) *ProtectedModelStatusApplyConfiguration {
+	b.Phase = &value
+	return b
+}
+
 // WithConditions adds the given value to the Conditions field in the declarative configuration
 // and returns the receiver, so that objects can be build by chaining "With" function invocations.
 // If called multiple times, values provided by each call will be appended to the Conditions field.
@@ -57,5 +76,29 @@ func (b *ProtectedModelStatusApplyConfiguration) WithConditions(values ...*v1.Co
 		}
 		b.Conditions = append(b.Conditions, *values[i])
 	}
+	return b
+}
+
+// WithProtection sets the Protection field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Protection field is set to the value of the last call.
+func (b *ProtectedModelStatusApplyConfiguration) WithProtection(value *ProtectionSummaryApplyConfiguration) *ProtectedModelStatusApplyConfiguration {
+	b.Protection = value
+	return b
+}
+
+// WithReplicas sets the Replicas field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Replicas field is set to the value of the last call.
+func (b *ProtectedModelStatusApplyConfiguration) WithReplicas(value int32) *ProtectedModelStatusApplyConfiguration {
+	b.Replicas = &value
+	return b
+}
+
+// WithReadyReplicas sets the ReadyReplicas field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ReadyReplicas field is set to the value of the last call.
+func (b *ProtectedModelStatusApplyConfiguration) WithReadyReplicas(value int32) *ProtectedModelStatusApplyConfiguration {
+	b.ReadyReplicas = &value
 	return b
 }

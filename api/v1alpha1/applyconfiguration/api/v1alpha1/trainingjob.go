@@ -30,12 +30,18 @@ import (
 // TrainingJobApplyConfiguration represents a declarative configuration of the TrainingJob type for use
 // with apply.
 //
-// TrainingJob trains a model on one or more nodes and seals what it produces.
+// TrainingJob trains a model on one or more GPU nodes, admitted as a gang,
+// with the same isolation and ownership as a ProtectedModel, and seals the
+// weights it produces.
 type TrainingJobApplyConfiguration struct {
-	v1.TypeMetaApplyConfiguration    `json:""`
+	v1.TypeMetaApplyConfiguration `json:""`
+	// metadata is the standard object metadata. The name must be a DNS-1035
+	// label of at most 50 characters.
 	*v1.ObjectMetaApplyConfiguration `json:"metadata,omitempty"`
-	Spec                             *TrainingJobSpecApplyConfiguration   `json:"spec,omitempty"`
-	Status                           *TrainingJobStatusApplyConfiguration `json:"status,omitempty"`
+	// spec is the training to run and how to protect it.
+	Spec *TrainingJobSpecApplyConfiguration `json:"spec,omitempty"`
+	// status is the observed state.
+	Status *TrainingJobStatusApplyConfiguration `json:"status,omitempty"`
 }
 
 // TrainingJob constructs a declarative configuration of the TrainingJob type for use with

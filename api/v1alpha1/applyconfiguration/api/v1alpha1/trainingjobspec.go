@@ -18,13 +18,64 @@ limitations under the License.
 
 package v1alpha1
 
+import (
+	v1 "k8s.io/api/core/v1"
+)
+
 // TrainingJobSpecApplyConfiguration represents a declarative configuration of the TrainingJobSpec type for use
 // with apply.
 //
-// TrainingJobSpec describes a training run whose output is sealed.
+// TrainingJobSpec is the desired state of a TrainingJob.
 type TrainingJobSpecApplyConfiguration struct {
-	// Image is the training container image.
+	// ownership records who owns the model being trained and the weights it
+	// produces. It is copied onto every object ModelGuard creates for the job
+	// and into the sealed output's manifest.
+	Ownership *OwnershipApplyConfiguration `json:"ownership,omitempty"`
+	// image is the training container image, e.g.
+	// "registry.example.com/acme/trainer:2.1".
 	Image *string `json:"image,omitempty"`
+	// command overrides the image's entrypoint.
+	Command []string `json:"command,omitempty"`
+	// args are the arguments to the entrypoint.
+	Args []string `json:"args,omitempty"`
+	// env are environment variables for the training container.
+	Env []v1.EnvVar `json:"env,omitempty"`
+	// nodes is the number of pods that train together, from 1 to 512. They
+	// are admitted as a gang: all start or none. It defaults to 1.
+	Nodes *int32 `json:"nodes,omitempty"`
+	// gpu asks for GPUs for each of the job's pods. Unset means no GPU.
+	GPU *GPUApplyConfiguration `json:"gpu,omitempty"`
+	// resources are the CPU and memory requests and limits of each pod.
+	// GPUs are asked for with spec.gpu.
+	Resources *v1.ResourceRequirements `json:"resources,omitempty"`
+	// baseWeights are sealed weights to fine-tune from. They are verified and
+	// decrypted into memory, exactly as for a ProtectedModel. Unset means
+	// training from scratch.
+	BaseWeights *SealedWeightsApplyConfiguration `json:"baseWeights,omitempty"`
+	// data are the training data sets, each mounted at /data/<name>.
+	Data []TrainingDataApplyConfiguration `json:"data,omitempty"`
+	// output is where checkpoints and final weights are written, and how the
+	// final weights are sealed.
+	Output *TrainingOutputApplyConfiguration `json:"output,omitempty"`
+	// queueName is the Kueue LocalQueue that admits the job. Unset means the
+	// job starts without queueing.
+	QueueName *string `json:"queueName,omitempty"`
+	// backoffLimit is how many times a failed job is retried, from 0 to 100.
+	// It defaults to 0, because a retry repeats GPU hours.
+	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+	// activeDeadlineSeconds bounds the job's running time, in seconds. The
+	// job fails when it runs longer. Unset means no limit.
+	ActiveDeadlineSeconds *int64 `json:"activeDeadlineSeconds,omitempty"`
+	// network says who may connect to the job's pods and where they may
+	// connect. The job's own pods may always talk to each other. Unset or
+	// empty means no other ingress and egress only to DNS.
+	Network *NetworkApplyConfiguration `json:"network,omitempty"`
+	// access controls exec into the job's pods. Unset means nobody may exec.
+	Access *AccessApplyConfiguration `json:"access,omitempty"`
+	// runtimeClassName is the RuntimeClass of the pods, e.g. a
+	// confidential-computing runtime such as "kata-cc". Unset means the
+	// cluster default.
+	RuntimeClassName *string `json:"runtimeClassName,omitempty"`
 }
 
 // TrainingJobSpecApplyConfiguration constructs a declarative configuration of the TrainingJobSpec type for use with
@@ -33,10 +84,149 @@ func TrainingJobSpec() *TrainingJobSpecApplyConfiguration {
 	return &TrainingJobSpecApplyConfiguration{}
 }
 
+// WithOwnership sets the Ownership field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Ownership field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithOwnership(value *OwnershipApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.Ownership = value
+	return b
+}
+
 // WithImage sets the Image field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Image field is set to the value of the last call.
 func (b *TrainingJobSpecApplyConfiguration) WithImage(value string) *TrainingJobSpecApplyConfiguration {
 	b.Image = &value
+	return b
+}
+
+// WithCommand adds the given value to the Command field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Command field.
+func (b *TrainingJobSpecApplyConfiguration) WithCommand(values ...string) *TrainingJobSpecApplyConfiguration {
+	for i := range values {
+		b.Command = append(b.Command, values[i])
+	}
+	return b
+}
+
+// WithArgs adds the given value to the Args field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Args field.
+func (b *TrainingJobSpecApplyConfiguration) WithArgs(values ...string) *TrainingJobSpecApplyConfiguration {
+	for i := range values {
+		b.Args = append(b.Args, values[i])
+	}
+	return b
+}
+
+// WithEnv adds the given value to the Env field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Env field.
+func (b *TrainingJobSpecApplyConfiguration) WithEnv(values ...v1.EnvVar) *TrainingJobSpecApplyConfiguration {
+	for i := range values {
+		b.Env = append(b.Env, values[i])
+	}
+	return b
+}
+
+// WithNodes sets the Nodes field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Nodes field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithNodes(value int32) *TrainingJobSpecApplyConfiguration {
+	b.Nodes = &value
+	return b
+}
+
+// WithGPU sets the GPU field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the GPU field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithGPU(value *GPUApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.GPU = value
+	return b
+}
+
+// WithResources sets the Resources field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Resources field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithResources(value v1.ResourceRequirements) *TrainingJobSpecApplyConfiguration {
+	b.Resources = &value
+	return b
+}
+
+// WithBaseWeights sets the BaseWeights field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the BaseWeights field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithBaseWeights(value *SealedWeightsApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.BaseWeights = value
+	return b
+}
+
+// WithData adds the given value to the Data field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Data field.
+func (b *TrainingJobSpecApplyConfiguration) WithData(values ...*TrainingDataApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithData")
+		}
+		b.Data = append(b.Data, *values[i])
+	}
+	return b
+}
+
+// WithOutput sets the Output field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Output field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithOutput(value *TrainingOutputApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.Output = value
+	return b
+}
+
+// WithQueueName sets the QueueName field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the QueueName field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithQueueName(value string) *TrainingJobSpecApplyConfiguration {
+	b.QueueName = &value
+	return b
+}
+
+// WithBackoffLimit sets the BackoffLimit field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the BackoffLimit field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithBackoffLimit(value int32) *TrainingJobSpecApplyConfiguration {
+	b.BackoffLimit = &value
+	return b
+}
+
+// WithActiveDeadlineSeconds sets the ActiveDeadlineSeconds field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ActiveDeadlineSeconds field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithActiveDeadlineSeconds(value int64) *TrainingJobSpecApplyConfiguration {
+	b.ActiveDeadlineSeconds = &value
+	return b
+}
+
+// WithNetwork sets the Network field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Network field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithNetwork(value *NetworkApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.Network = value
+	return b
+}
+
+// WithAccess sets the Access field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Access field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithAccess(value *AccessApplyConfiguration) *TrainingJobSpecApplyConfiguration {
+	b.Access = value
+	return b
+}
+
+// WithRuntimeClassName sets the RuntimeClassName field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the RuntimeClassName field is set to the value of the last call.
+func (b *TrainingJobSpecApplyConfiguration) WithRuntimeClassName(value string) *TrainingJobSpecApplyConfiguration {
+	b.RuntimeClassName = &value
 	return b
 }

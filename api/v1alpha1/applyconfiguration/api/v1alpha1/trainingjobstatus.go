@@ -19,6 +19,7 @@ limitations under the License.
 package v1alpha1
 
 import (
+	apiv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
@@ -27,10 +28,18 @@ import (
 //
 // TrainingJobStatus is the observed state of a TrainingJob.
 type TrainingJobStatusApplyConfiguration struct {
-	// ObservedGeneration is the generation the status was computed from.
+	// observedGeneration is the metadata.generation this status describes.
 	ObservedGeneration *int64 `json:"observedGeneration,omitempty"`
-	// Conditions report progress and protection of the training run.
+	// phase summarizes the state: Pending, Admitted, Running, Sealing,
+	// Succeeded or Failed.
+	Phase *apiv1alpha1.TrainingJobPhase `json:"phase,omitempty"`
+	// conditions report readiness (Ready, Reconciling, Stalled), progress
+	// and each protection guarantee, including OutputSealed.
 	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
+	// protection summarizes how the job is protected, for humans.
+	Protection *ProtectionSummaryApplyConfiguration `json:"protection,omitempty"`
+	// output is where the sealed result is, once the job has succeeded.
+	Output *TrainingOutputStatusApplyConfiguration `json:"output,omitempty"`
 }
 
 // TrainingJobStatusApplyConfiguration constructs a declarative configuration of the TrainingJobStatus type for use with
@@ -47,6 +56,14 @@ func (b *TrainingJobStatusApplyConfiguration) WithObservedGeneration(value int64
 	return b
 }
 
+// WithPhase sets the Phase field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Phase field is set to the value of the last call.
+func (b *TrainingJobStatusApplyConfiguration) WithPhase(value apiv1alpha1.TrainingJobPhase) *TrainingJobStatusApplyConfiguration {
+	b.Phase = &value
+	return b
+}
+
 // WithConditions adds the given value to the Conditions field in the declarative configuration
 // and returns the receiver, so that objects can be build by chaining "With" function invocations.
 // If called multiple times, values provided by each call will be appended to the Conditions field.
@@ -57,5 +74,21 @@ func (b *TrainingJobStatusApplyConfiguration) WithConditions(values ...*v1.Condi
 		}
 		b.Conditions = append(b.Conditions, *values[i])
 	}
+	return b
+}
+
+// WithProtection sets the Protection field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Protection field is set to the value of the last call.
+func (b *TrainingJobStatusApplyConfiguration) WithProtection(value *ProtectionSummaryApplyConfiguration) *TrainingJobStatusApplyConfiguration {
+	b.Protection = value
+	return b
+}
+
+// WithOutput sets the Output field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Output field is set to the value of the last call.
+func (b *TrainingJobStatusApplyConfiguration) WithOutput(value *TrainingOutputStatusApplyConfiguration) *TrainingJobStatusApplyConfiguration {
+	b.Output = value
 	return b
 }
