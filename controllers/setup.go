@@ -2,7 +2,18 @@
 package controllers
 
 import (
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
 // Options configure the reconcilers registered by SetupWithManager.
@@ -11,14 +22,43 @@ type Options struct {
 	UnsealImage string
 }
 
-// +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels;trainingjobs,verbs=get;list;watch
-// +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels/status;trainingjobs/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager registers every ModelGuard reconciler with mgr.
 func SetupWithManager(mgr ctrl.Manager, opts Options) error {
-	_ = mgr
-	_ = opts
+	if opts.UnsealImage == "" {
+		return fmt.Errorf("the unseal image is not set (--unseal-image)")
+	}
+	pm := &ProtectedModelReconciler{
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("modelguard"),
+		UnsealImage: opts.UnsealImage,
+	}
+	if err := pm.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the ProtectedModel controller: %w", err)
+	}
 	return nil
+}
+
+// CacheOptions scope the manager's cache to what ModelGuard manages. Above
+// all, it never caches Secrets other than its own data-key Secrets: key
+// Secrets are read directly when needed.
+func CacheOptions() cache.Options {
+	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue})}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{
+				mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue,
+				mlv1alpha1.LabelDataKey:   "true",
+			})},
+			&corev1.Pod{}:                 managed,
+			&corev1.Service{}:             managed,
+			&corev1.ServiceAccount{}:      managed,
+			&appsv1.Deployment{}:          managed,
+			&batchv1.Job{}:                managed,
+			&networkingv1.NetworkPolicy{}: managed,
+		},
+	}
 }

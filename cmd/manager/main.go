@@ -48,8 +48,8 @@ func run() error {
 		"Elect a leader so that only one of several manager replicas reconciles at a time.")
 	flag.StringVar(&leaderElectionNS, "leader-election-namespace", "",
 		"Namespace of the leader-election Lease; defaults to the manager's own namespace.")
-	flag.StringVar(&unsealImage, "unseal-image", "",
-		"Image of the unseal init container (the ModelGuard image); defaults to the manager's own image.")
+	flag.StringVar(&unsealImage, "unseal-image", "modelguard:"+version.Version,
+		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
 	flag.BoolVar(&showVersion, "version", false, "Print the version and exit.")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -77,6 +77,7 @@ func run() error {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
+		Cache:                   controllers.CacheOptions(),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          enableLeaderElection,

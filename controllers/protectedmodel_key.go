@@ -1,0 +1,214 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	batchv1ac "k8s.io/client-go/applyconfigurations/batch/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/keys"
+	"github.com/modelguard/modelguard/internal/seal"
+)
+
+// keyState is what the controller learned about the model's data key. At
+// most one of DEK and a failure is set; neither means "still resolving".
+type keyState struct {
+	// DEK is the unwrapped data key. It is never logged or put in status.
+	DEK []byte
+	// ModelDigest is the digest recorded in the bundle's manifest.
+	ModelDigest string
+
+	// KeyReason and KeyMessage explain why the key is not available.
+	KeyReason, KeyMessage string
+	// BundleReason and BundleMessage explain why the bundle could not be
+	// read or does not match the spec.
+	BundleReason, BundleMessage string
+	// Resolving is true while the key-resolve Job runs.
+	Resolving bool
+}
+
+// resolvedKey is what `modelguard resolve-key` writes to its termination
+// message: the manifest's key record and model digest, neither of them
+// secret.
+type resolvedKey = seal.ResolvedKey
+
+// resolveKey turns the spec's key reference and the bundle's manifest into
+// the data key. The manifest comes from a short-lived, hardened key-resolve
+// Job because the operator cannot mount the claim that holds the bundle; the
+// KEK is read directly from the API (never cached) and never leaves the
+// operator.
+func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (keyState, error) {
+	provider, state := r.keyProvider(ctx, pm)
+	if provider == nil {
+		return state, nil
+	}
+
+	manifestKey, state, err := r.manifestKey(ctx, pm)
+	if err != nil || state.Resolving || state.BundleReason != "" {
+		return state, err
+	}
+	if manifestKey.ModelDigest != pm.Spec.Weights.Digest {
+		return keyState{
+			BundleReason: mlv1alpha1.ReasonDigestMismatch,
+			BundleMessage: fmt.Sprintf("the bundle holds model %s, but spec.weights.digest is %s",
+				manifestKey.ModelDigest, pm.Spec.Weights.Digest),
+		}, nil
+	}
+	dek, err := seal.UnwrapDEK(ctx, manifestKey.Key, provider)
+	if err != nil {
+		return keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: err.Error()}, nil
+	}
+	return keyState{DEK: dek, ModelDigest: manifestKey.ModelDigest}, nil
+}
+
+// keyProvider loads the key-encryption key named by the spec. A nil provider
+// comes with the reason in the returned state.
+func (r *ProtectedModelReconciler) keyProvider(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (keys.Provider, keyState) {
+	ref := pm.Spec.Weights.Key.SecretRef
+	if ref == nil {
+		return nil, keyState{
+			KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			KeyMessage: fmt.Sprintf("key provider %s is not supported by this operator version; use spec.weights.key.secretRef",
+				pm.Spec.Weights.Key.Provider()),
+		}
+	}
+	// The KEK Secret is read through the uncached reader so that the manager
+	// never watches or caches Secrets it does not own.
+	secret := &corev1.Secret{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: ref.Name}, secret)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound,
+			KeyMessage: fmt.Sprintf("Secret %s named by spec.weights.key.secretRef does not exist", ref.Name)}
+	case err != nil:
+		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			KeyMessage: fmt.Sprintf("reading Secret %s: %s", ref.Name, apiErrorSummary(err))}
+	}
+	if _, ok := secret.Data[ref.Key]; !ok {
+		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyNotInSecret,
+			KeyMessage: fmt.Sprintf("Secret %s has no key %q named by spec.weights.key.secretRef.key", ref.Name, ref.Key)}
+	}
+	kek, err := keys.KEKFromSecret(secret, ref.Key)
+	if err != nil {
+		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed,
+			KeyMessage: fmt.Sprintf("Secret %s key %q: %s", ref.Name, ref.Key, err.Error())}
+	}
+	return kek, keyState{}
+}
+
+// manifestKey returns the bundle's key record, starting the key-resolve Job
+// when it has not run yet.
+func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (*resolvedKey, keyState, error) {
+	job := &batchv1.Job{}
+	facts := builder.ProtectedModelFacts{UnsealImage: r.UnsealImage}
+	job.Name, job.Namespace = builder.KeyResolveJobName(pm, facts), pm.Namespace
+	desired := builder.KeyResolveJob(pm, facts)
+	if _, err := applyIfChanged(ctx, r.Client, job, desired, batchv1ac.ExtractJob); err != nil {
+		return nil, keyState{}, err
+	}
+	if err := r.deleteStaleKeyResolveJobs(ctx, pm, job.Name); err != nil {
+		return nil, keyState{}, err
+	}
+
+	pods := &corev1.PodList{}
+	if err := r.List(ctx, pods, client.InNamespace(pm.Namespace), client.MatchingLabels{batchv1.JobNameLabel: job.Name}); err != nil {
+		return nil, keyState{}, fmt.Errorf("listing key-resolve pods: %w", err)
+	}
+	for i := range pods.Items {
+		message, exitCode, done := terminated(pods.Items[i].Status.ContainerStatuses, builder.KeyResolveContainerName)
+		if !done || exitCode != 0 {
+			continue
+		}
+		var key resolvedKey
+		if err := json.Unmarshal([]byte(message), &key); err != nil || len(key.Key.WrappedDEK) == 0 {
+			return nil, keyState{BundleReason: mlv1alpha1.ReasonUnsealFailed,
+				BundleMessage: "the key-resolve pod reported no readable key record"}, nil
+		}
+		return &key, keyState{}, nil
+	}
+	if jobFailed(job) {
+		reason, message := mlv1alpha1.ReasonUnsealFailed, "the key-resolve Job failed to read the bundle's manifest"
+		for i := range pods.Items {
+			if m, code, done := terminated(pods.Items[i].Status.ContainerStatuses, builder.KeyResolveContainerName); done && code != 0 && m != "" {
+				reason, message = classifyUnsealError(m), m
+			}
+		}
+		return nil, keyState{BundleReason: reason, BundleMessage: message}, nil
+	}
+	return nil, keyState{Resolving: true}, nil
+}
+
+func (r *ProtectedModelReconciler) deleteStaleKeyResolveJobs(ctx context.Context, pm *mlv1alpha1.ProtectedModel, current string) error {
+	jobs := &batchv1.JobList{}
+	if err := r.List(ctx, jobs, client.InNamespace(pm.Namespace), client.MatchingLabels{
+		mlv1alpha1.LabelModel: pm.Name, builder.LabelComponent: builder.ComponentKeyResolve,
+	}); err != nil {
+		return fmt.Errorf("listing key-resolve Jobs: %w", err)
+	}
+	for i := range jobs.Items {
+		if jobs.Items[i].Name == current {
+			continue
+		}
+		if err := r.Delete(ctx, &jobs.Items[i], client.PropagationPolicy("Background")); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting stale key-resolve Job %s: %w", jobs.Items[i].Name, err)
+		}
+	}
+	return nil
+}
+
+func jobFailed(job *batchv1.Job) bool {
+	for _, c := range job.Status.Conditions {
+		if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// terminated returns the termination message and exit code of the named
+// container's latest termination, current or last.
+func terminated(statuses []corev1.ContainerStatus, name string) (message string, exitCode int32, done bool) {
+	for _, s := range statuses {
+		if s.Name != name {
+			continue
+		}
+		if t := s.State.Terminated; t != nil {
+			return strings.TrimSpace(t.Message), t.ExitCode, true
+		}
+		if t := s.LastTerminationState.Terminated; t != nil {
+			return strings.TrimSpace(t.Message), t.ExitCode, true
+		}
+	}
+	return "", 0, false
+}
+
+// classifyUnsealError maps the unseal command's one-line reason to a
+// WeightsVerified reason.
+func classifyUnsealError(message string) string {
+	lower := strings.ToLower(message)
+	switch {
+	case strings.Contains(lower, "digest"):
+		return mlv1alpha1.ReasonDigestMismatch
+	case strings.Contains(lower, "authentic"), strings.Contains(lower, "tamper"), strings.Contains(lower, "truncat"):
+		return mlv1alpha1.ReasonBundleTampered
+	}
+	return mlv1alpha1.ReasonUnsealFailed
+}
+
+// apiErrorSummary keeps API errors short in conditions.
+func apiErrorSummary(err error) string {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) {
+		return string(status.Status().Reason)
+	}
+	return err.Error()
+}

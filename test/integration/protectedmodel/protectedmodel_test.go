@@ -1,0 +1,636 @@
+package protectedmodel
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/keys"
+	"github.com/modelguard/modelguard/test/builders"
+)
+
+// protectedModel creates a model whose key resolves, and waits until its
+// Deployment is scaled up: the state every serving test starts from.
+func protectedModel(t *testing.T, w *builders.ProtectedModelWrapper) (*mlv1alpha1.ProtectedModel, sealedKey) {
+	t.Helper()
+	pm := w.Obj()
+	key := newSealedKey(t, pm.Spec.Weights.Digest)
+	createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
+	if err := k8s.Create(context.Background(), pm); err != nil {
+		t.Fatalf("creating ProtectedModel: %v", err)
+	}
+	completeKeyResolve(t, pm, key.Resolved)
+	waitForCondition(t, pm.Namespace, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped)
+	return pm, key
+}
+
+func getDeployment(t *testing.T, pm *mlv1alpha1.ProtectedModel) *appsv1.Deployment {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	eventually(t, "the Deployment exists", func() error {
+		return k8s.Get(context.Background(), client.ObjectKey{Namespace: pm.Namespace, Name: pm.Name}, d)
+	})
+	return d
+}
+
+// markDeploymentAvailable plays the Deployment controller.
+func markDeploymentAvailable(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	replicas := *d.Spec.Replicas
+	d.Status = appsv1.DeploymentStatus{
+		ObservedGeneration: d.Generation, Replicas: replicas, UpdatedReplicas: replicas,
+		ReadyReplicas: replicas, AvailableReplicas: replicas,
+	}
+	if err := k8s.Status().Update(context.Background(), d); err != nil {
+		t.Fatalf("writing Deployment status: %v", err)
+	}
+}
+
+// createServerPod plays the ReplicaSet controller and kubelet: a pod from the
+// Deployment's template with the given status.
+func createServerPod(t *testing.T, d *appsv1.Deployment, name string, status corev1.PodStatus) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: name,
+			Labels: d.Spec.Template.Labels, Annotations: d.Spec.Template.Annotations},
+		Spec: d.Spec.Template.Spec,
+	}
+	if err := k8s.Create(context.Background(), pod); err != nil {
+		t.Fatalf("creating server pod: %v", err)
+	}
+	pod.Status = status
+	if err := k8s.Status().Update(context.Background(), pod); err != nil {
+		t.Fatalf("writing server pod status: %v", err)
+	}
+}
+
+func unsealedPodStatus(exitCode int32, message string) corev1.PodStatus {
+	return corev1.PodStatus{
+		Phase:      corev1.PodRunning,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}},
+		InitContainerStatuses: []corev1.ContainerStatus{{
+			Name: builder.UnsealContainerName, Image: unsealImage,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Message: message}},
+		}},
+	}
+}
+
+func TestProtectedModelServesFromSealedWeights(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pm, key := protectedModel(t, builders.MakeProtectedModel("llm", ns).
+		AllowClientPods(map[string]string{"app": "web"}).
+		AllowEgress("10.20.0.0/16", 443).
+		Patents("US1234567"))
+
+	d := getDeployment(t, pm)
+	if got := *d.Spec.Replicas; got != 1 {
+		t.Fatalf("Deployment replicas = %d, want 1 once the key resolved", got)
+	}
+	podSpec := d.Spec.Template.Spec
+	if len(podSpec.InitContainers) != 1 || podSpec.InitContainers[0].Name != builder.UnsealContainerName {
+		t.Fatalf("init containers = %v, want one %q", podSpec.InitContainers, builder.UnsealContainerName)
+	}
+	unseal, server := podSpec.InitContainers[0], podSpec.Containers[0]
+	if unseal.Image != unsealImage || !slices.Contains(unseal.Command, "--expect-digest") || !slices.Contains(unseal.Command, pm.Spec.Weights.Digest) {
+		t.Errorf("unseal container %q %v does not verify the digest with the operator's image", unseal.Image, unseal.Command)
+	}
+	// Only the init container may see the data key.
+	if !mountsVolume(unseal, "data-key") {
+		t.Errorf("unseal container does not mount the data key")
+	}
+	if mountsVolume(server, "data-key") || len(server.EnvFrom) > 0 {
+		t.Errorf("server container can reach the data key: mounts %v envFrom %v", server.VolumeMounts, server.EnvFrom)
+	}
+	if podSpec.AutomountServiceAccountToken == nil || *podSpec.AutomountServiceAccountToken {
+		t.Errorf("pod mounts a service-account token")
+	}
+	for _, v := range podSpec.Volumes {
+		if v.Name == "model" && (v.EmptyDir == nil || v.EmptyDir.Medium != corev1.StorageMediumMemory) {
+			t.Errorf("plaintext volume is not memory-backed: %+v", v)
+		}
+	}
+	for _, m := range server.VolumeMounts {
+		if m.Name == "model" && !m.ReadOnly {
+			t.Errorf("server mounts the plaintext read-write")
+		}
+	}
+
+	// The data-key Secret holds the DEK, never the KEK.
+	secret := &corev1.Secret{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, secret); err != nil {
+		t.Fatalf("reading data-key Secret: %v", err)
+	}
+	if got, want := string(secret.Data[builder.DataKeySecretKey]), keys.EncodeDEK(key.DEK); got != want {
+		t.Errorf("data-key Secret does not hold the bundle's unwrapped DEK")
+	}
+	if secret.Labels[mlv1alpha1.LabelDataKey] != "true" {
+		t.Errorf("data-key Secret lacks label %s", mlv1alpha1.LabelDataKey)
+	}
+	for _, form := range secretForms(key.KEK) {
+		for k, v := range secret.Data {
+			if strings.Contains(string(v), form) {
+				t.Errorf("data-key Secret entry %q contains the KEK", k)
+			}
+		}
+	}
+
+	// The kubelet reports a finished unseal and the Deployment becomes
+	// available: the model is Protected.
+	createServerPod(t, d, pm.Name+"-abc", unsealedPodStatus(0, ""))
+	markDeploymentAvailable(t, d)
+	pm = waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
+	for _, c := range []struct{ conditionType, reason string }{
+		{mlv1alpha1.ConditionWeightsEncrypted, mlv1alpha1.ReasonSealedBundle},
+		{mlv1alpha1.ConditionWeightsVerified, mlv1alpha1.ReasonDigestVerified},
+		{mlv1alpha1.ConditionNetworkIsolated, mlv1alpha1.ReasonPolicyApplied},
+		{mlv1alpha1.ConditionHardened, mlv1alpha1.ReasonRestricted},
+		{mlv1alpha1.ConditionGPUScheduled, mlv1alpha1.ReasonNoGPURequested},
+		{mlv1alpha1.ConditionOwnershipRecorded, mlv1alpha1.ReasonOwnershipAnnotated},
+	} {
+		waitForCondition(t, ns, pm.Name, c.conditionType, metav1.ConditionTrue, c.reason)
+	}
+	eventually(t, "phase is Protected", func() error {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
+			return err
+		}
+		if pm.Status.Phase != mlv1alpha1.ModelPhaseProtected || pm.Status.ReadyReplicas != 1 {
+			return fmt.Errorf("phase %s, ready %d", pm.Status.Phase, pm.Status.ReadyReplicas)
+		}
+		return nil
+	})
+	if pm.Status.Protection == nil || pm.Status.Protection.KeyProvider != mlv1alpha1.KeyProviderSecret {
+		t.Errorf("protection summary = %+v", pm.Status.Protection)
+	}
+
+	// Network isolation: default deny both ways, the allowed clients on the
+	// model's port, DNS and the allowed CIDR out.
+	policy := &networkingv1.NetworkPolicy{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: pm.Name}, policy); err != nil {
+		t.Fatalf("reading NetworkPolicy: %v", err)
+	}
+	if !slices.Contains(policy.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) || !slices.Contains(policy.Spec.PolicyTypes, networkingv1.PolicyTypeEgress) {
+		t.Errorf("policy types = %v, want Ingress and Egress", policy.Spec.PolicyTypes)
+	}
+	if len(policy.Spec.Ingress) != 1 || policy.Spec.Ingress[0].Ports[0].Port.IntValue() != 8080 {
+		t.Errorf("ingress = %+v, want one rule on port 8080", policy.Spec.Ingress)
+	}
+	if len(policy.Spec.Egress) != 2 || policy.Spec.Egress[1].To[0].IPBlock.CIDR != "10.20.0.0/16" {
+		t.Errorf("egress = %+v, want DNS and 10.20.0.0/16", policy.Spec.Egress)
+	}
+
+	assertNoKeyMaterial(t, ns, pm.Name, key)
+}
+
+func mountsVolume(c corev1.Container, volume string) bool {
+	for _, m := range c.VolumeMounts {
+		if m.Name == volume {
+			return true
+		}
+	}
+	return false
+}
+
+// assertNoKeyMaterial checks that neither the KEK nor the DEK appears in the
+// model's status, its events or the manager's logs.
+func assertNoKeyMaterial(t *testing.T, ns, name string, key sealedKey) {
+	t.Helper()
+	ctx := context.Background()
+	pm := &mlv1alpha1.ProtectedModel{}
+	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, pm); err != nil {
+		t.Fatal(err)
+	}
+	status, _ := yaml.Marshal(pm.Status)
+	events := &eventsv1.EventList{}
+	if err := k8s.List(ctx, events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	eventText, _ := yaml.Marshal(events.Items)
+	places := map[string]string{"status": string(status), "events": string(eventText), "manager logs": logs.String()}
+	for where, text := range places {
+		for _, secret := range [][]byte{key.KEK, key.DEK} {
+			for _, form := range secretForms(secret) {
+				if strings.Contains(text, form) {
+					t.Errorf("key material appears in the %s", where)
+				}
+			}
+		}
+	}
+}
+
+// TestFailClosed covers every way the model can be left unprotectable: no
+// pod may start, the reason is in the conditions, and no key leaks.
+func TestFailClosed(t *testing.T) {
+	tests := []struct {
+		name        string
+		model       func(ns string) *builders.ProtectedModelWrapper
+		setup       func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey)
+		condition   string
+		reason      string
+		messagePart string
+	}{
+		{
+			name:      "key Secret missing",
+			model:     func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("nokey", ns) },
+			setup:     func(*testing.T, *mlv1alpha1.ProtectedModel, sealedKey) {},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeySecretNotFound,
+			messagePart: "nokey-kek",
+		},
+		{
+			name:  "key missing from Secret",
+			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("wrongentry", ns) },
+			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
+				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, "other", key.KEK)
+			},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyNotInSecret,
+			messagePart: `no key "kek"`,
+		},
+		{
+			name:  "wrong KEK",
+			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("wrongkek", ns) },
+			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
+				other := newSealedKey(t, pm.Spec.Weights.Digest)
+				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, other.KEK)
+				completeKeyResolve(t, pm, key.Resolved)
+			},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyUnwrapFailed,
+			messagePart: "wrong key",
+		},
+		{
+			name:  "bundle holds another model",
+			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("otherdigest", ns) },
+			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
+				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
+				key.Resolved.ModelDigest = "sha256:" + strings.Repeat("ab", 32)
+				completeKeyResolve(t, pm, key.Resolved)
+			},
+			condition: mlv1alpha1.ConditionWeightsVerified, reason: mlv1alpha1.ReasonDigestMismatch,
+			messagePart: "sha256:abab",
+		},
+		{
+			name:  "manifest unreadable",
+			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("badbundle", ns) },
+			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
+				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
+				finishKeyResolvePod(t, pm, 1, "manifest.json: manifest failed authentication")
+			},
+			condition: mlv1alpha1.ConditionWeightsVerified, reason: mlv1alpha1.ReasonBundleTampered,
+			messagePart: "manifest failed authentication",
+		},
+		{
+			name: "memory limit below the plaintext size",
+			model: func(ns string) *builders.ProtectedModelWrapper {
+				return builders.MakeProtectedModel("smallmem", ns).Memory("2Gi").MemoryLimit("1Gi")
+			},
+			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
+				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
+				completeKeyResolve(t, pm, key.Resolved)
+			},
+			condition: mlv1alpha1.ConditionStalled, reason: mlv1alpha1.ReasonMemoryTooSmall,
+			messagePart: "spec.weights.memory",
+		},
+		{
+			name: "key provider not supported yet",
+			model: func(ns string) *builders.ProtectedModelWrapper {
+				return builders.MakeProtectedModel("kms", ns).Key(builders.AWSKMSKey("arn:aws:kms:eu-west-1:111122223333:key/abc", "eu-west-1"))
+			},
+			setup:     func(*testing.T, *mlv1alpha1.ProtectedModel, sealedKey) {},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			messagePart: "AWSKMS",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			ns := newNamespace(t)
+			pm := tc.model(ns).Obj()
+			key := newSealedKey(t, pm.Spec.Weights.Digest)
+			if err := k8s.Create(ctx, pm); err != nil {
+				t.Fatalf("creating ProtectedModel: %v", err)
+			}
+			tc.setup(t, pm, key)
+
+			// Stalled is the one condition whose True is bad news.
+			want := metav1.ConditionFalse
+			if tc.condition == mlv1alpha1.ConditionStalled {
+				want = metav1.ConditionTrue
+			}
+			pm = waitForCondition(t, ns, pm.Name, tc.condition, want, tc.reason)
+			c := findCondition(pm, tc.condition)
+			if !strings.Contains(c.Message, tc.messagePart) {
+				t.Errorf("%s message %q does not mention %q", tc.condition, c.Message, tc.messagePart)
+			}
+			waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed)
+			if pm.Status.Phase != mlv1alpha1.ModelPhaseFailed {
+				t.Errorf("phase = %s, want Failed", pm.Status.Phase)
+			}
+
+			// Fail closed: a Deployment at zero replicas and no data key.
+			d := getDeployment(t, pm)
+			if *d.Spec.Replicas != 0 {
+				t.Errorf("Deployment replicas = %d, want 0 while the model cannot be protected", *d.Spec.Replicas)
+			}
+			err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, &corev1.Secret{})
+			if !apierrors.IsNotFound(err) {
+				t.Errorf("data-key Secret exists (err %v) while the model cannot be protected", err)
+			}
+			assertNoKeyMaterial(t, ns, pm.Name, key)
+		})
+	}
+}
+
+func findCondition(pm *mlv1alpha1.ProtectedModel, conditionType string) metav1.Condition {
+	for _, c := range pm.Status.Conditions {
+		if c.Type == conditionType {
+			return c
+		}
+	}
+	return metav1.Condition{}
+}
+
+// TestUnsealFailureShownVerbatim: the unseal init container's reason reaches
+// WeightsVerified word for word, and the model stops serving.
+func TestUnsealFailureShownVerbatim(t *testing.T) {
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("tampered", ns))
+	d := getDeployment(t, pm)
+	const reason = "chunk 37 of model.safetensors failed authentication"
+	createServerPod(t, d, pm.Name+"-bad", unsealedPodStatus(1, reason))
+	pm = waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered)
+	if got := findCondition(pm, mlv1alpha1.ConditionWeightsVerified).Message; got != reason {
+		t.Errorf("WeightsVerified message = %q, want %q", got, reason)
+	}
+	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonBundleTampered)
+}
+
+// TestGPUUnschedulableShownVerbatim: the scheduler's message reaches
+// GPUScheduled word for word.
+func TestGPUUnschedulableShownVerbatim(t *testing.T) {
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("big", ns).GPUs(8).GPUProducts("NVIDIA-H100-80GB-HBM3"))
+	d := getDeployment(t, pm)
+	server := d.Spec.Template.Spec.Containers[0]
+	if got := server.Resources.Limits["nvidia.com/gpu"]; got.Value() != 8 {
+		t.Errorf("server GPU limit = %s, want 8", got.String())
+	}
+	const message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+	createServerPod(t, d, pm.Name+"-pending", corev1.PodStatus{
+		Phase: corev1.PodPending,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: corev1.PodReasonUnschedulable, Message: message}},
+	})
+	pm = waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionGPUScheduled, metav1.ConditionFalse, mlv1alpha1.ReasonUnschedulable)
+	if got := findCondition(pm, mlv1alpha1.ConditionGPUScheduled).Message; got != message {
+		t.Errorf("GPUScheduled message = %q, want %q", got, message)
+	}
+}
+
+// TestDriftIsRepaired: hand edits that weaken protection are undone and
+// deleted children come back.
+func TestDriftIsRepaired(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("drift", ns).AllowClientPods(map[string]string{"app": "web"}))
+	key := client.ObjectKey{Namespace: ns, Name: pm.Name}
+
+	t.Run("widened NetworkPolicy", func(t *testing.T) {
+		policy := &networkingv1.NetworkPolicy{}
+		eventually(t, "the NetworkPolicy exists", func() error { return k8s.Get(ctx, key, policy) })
+		policy.Spec.Ingress = append(policy.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{}) // allow all
+		if err := k8s.Update(ctx, policy, client.FieldOwner("kubectl-edit")); err != nil {
+			t.Fatalf("widening the policy: %v", err)
+		}
+		eventually(t, "the NetworkPolicy is narrowed again", func() error {
+			if err := k8s.Get(ctx, key, policy); err != nil {
+				return err
+			}
+			if len(policy.Spec.Ingress) != 1 || len(policy.Spec.Ingress[0].From) == 0 {
+				return fmt.Errorf("ingress is %+v", policy.Spec.Ingress)
+			}
+			return nil
+		})
+	})
+
+	t.Run("securityContext removed", func(t *testing.T) {
+		d := getDeployment(t, pm)
+		d.Spec.Template.Spec.Containers[0].SecurityContext = nil
+		d.Spec.Template.Spec.SecurityContext = nil
+		if err := k8s.Update(ctx, d, client.FieldOwner("kubectl-edit")); err != nil {
+			t.Fatalf("removing the securityContext: %v", err)
+		}
+		eventually(t, "the securityContext is restored", func() error {
+			if err := k8s.Get(ctx, key, d); err != nil {
+				return err
+			}
+			sc := d.Spec.Template.Spec.Containers[0].SecurityContext
+			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || d.Spec.Template.Spec.SecurityContext == nil {
+				return fmt.Errorf("securityContext is %+v", sc)
+			}
+			return nil
+		})
+	})
+
+	t.Run("Service deleted", func(t *testing.T) {
+		svc := &corev1.Service{}
+		eventually(t, "the Service exists", func() error { return k8s.Get(ctx, key, svc) })
+		if err := k8s.Delete(ctx, svc); err != nil {
+			t.Fatalf("deleting the Service: %v", err)
+		}
+		eventually(t, "the Service is recreated", func() error {
+			fresh := &corev1.Service{}
+			if err := k8s.Get(ctx, key, fresh); err != nil {
+				return err
+			}
+			if fresh.UID == svc.UID {
+				return fmt.Errorf("still the old Service")
+			}
+			if fresh.Spec.Ports[0].TargetPort != intstr.FromString("http") {
+				return fmt.Errorf("ports %+v", fresh.Spec.Ports)
+			}
+			return nil
+		})
+	})
+}
+
+// TestSteadyStateMakesNoWrites: once converged, forced resyncs (every 2s in
+// this manager) cause no API writes at all.
+func TestSteadyStateMakesNoWrites(t *testing.T) {
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("steady", ns))
+	d := getDeployment(t, pm)
+	createServerPod(t, d, pm.Name+"-ok", unsealedPodStatus(0, ""))
+	markDeploymentAvailable(t, d)
+	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
+
+	converging := writes.inNamespace(ns)
+	t.Logf("API writes to converge a new ProtectedModel: %d", len(converging))
+	for _, w := range converging {
+		t.Logf("  %s", w)
+	}
+	time.Sleep(6 * time.Second) // three resync periods
+	if after := writes.inNamespace(ns)[len(converging):]; len(after) > 0 {
+		t.Errorf("the controller wrote %d times at steady state: %v", len(after), after)
+	}
+}
+
+// TestOwnershipOnEveryManagedObject sweeps every object the operator made in
+// the namespace, pods included, so that a new child cannot skip the
+// ownership annotations or labels.
+func TestOwnershipOnEveryManagedObject(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("owned", ns).
+		Copyright("(c) 2026 Acme Corp").Patents("US1234567", "EP7654321"))
+	d := getDeployment(t, pm)
+	createServerPod(t, d, pm.Name+"-swept", unsealedPodStatus(0, ""))
+
+	lists := []client.ObjectList{
+		&appsv1.DeploymentList{}, &corev1.ServiceList{}, &corev1.ServiceAccountList{}, &corev1.SecretList{},
+		&networkingv1.NetworkPolicyList{}, &corev1.PodList{}, &batchv1.JobList{},
+	}
+	wantAnnotations := map[string]string{
+		mlv1alpha1.AnnotationOwner:          builders.DefaultOwner,
+		mlv1alpha1.AnnotationLicense:        builders.DefaultLicense,
+		mlv1alpha1.AnnotationCopyright:      "(c) 2026 Acme Corp",
+		mlv1alpha1.AnnotationClassification: string(mlv1alpha1.ClassificationTradeSecret),
+		mlv1alpha1.AnnotationPatents:        "US1234567,EP7654321",
+		mlv1alpha1.AnnotationWeightsDigest:  pm.Spec.Weights.Digest,
+	}
+	wantLabels := map[string]string{
+		mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue,
+		mlv1alpha1.LabelName:      pm.Name,
+		mlv1alpha1.LabelModel:     pm.Name,
+		mlv1alpha1.LabelProtected: "true",
+	}
+	swept := 0
+	for _, list := range lists {
+		if err := k8s.List(ctx, list, client.InNamespace(ns)); err != nil {
+			t.Fatalf("listing %T: %v", list, err)
+		}
+		items, err := metaItems(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, obj := range items {
+			if obj.GetName() == builders.KEKSecretName(pm.Name) || obj.GetName() == "default" {
+				continue // made by the test / by Kubernetes, not by ModelGuard
+			}
+			swept++
+			what := fmt.Sprintf("%T %s", obj, obj.GetName())
+			for k, v := range wantAnnotations {
+				if got, ok := obj.GetAnnotations()[k]; !ok || got != v {
+					t.Errorf("%s: annotation %s = %q, want %q", what, k, got, v)
+				}
+			}
+			for k, v := range wantLabels {
+				if got := obj.GetLabels()[k]; got != v {
+					t.Errorf("%s: label %s = %q, want %q", what, k, got, v)
+				}
+			}
+		}
+	}
+	// SA, data-key Secret, NetworkPolicy, Service, Deployment, key-resolve
+	// Job and its pod, server pod.
+	if swept < 8 {
+		t.Errorf("swept %d objects, want at least 8", swept)
+	}
+}
+
+// TestKeyOrDigestChangeRollsPods: a new KEK reference or digest changes the
+// pod template, so pods restart with the new key and expectations.
+func TestKeyOrDigestChangeRollsPods(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pm, key := protectedModel(t, builders.MakeProtectedModel("roll", ns))
+	before := getDeployment(t, pm).Spec.Template.Annotations[builder.AnnotationConfigHash]
+	if before == "" {
+		t.Fatalf("pod template has no %s annotation", builder.AnnotationConfigHash)
+	}
+
+	// The same KEK under another Secret name: the data key is unchanged, but
+	// the reference is, and pods must pick it up.
+	createKEKSecret(t, ns, "rotated-kek", "kek", key.KEK)
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
+		t.Fatal(err)
+	}
+	pm.Spec.Weights.Key.SecretRef.Name = "rotated-kek"
+	if err := k8s.Update(ctx, pm); err != nil {
+		t.Fatalf("changing the key reference: %v", err)
+	}
+	var after string
+	eventually(t, "the pod template hash changes", func() error {
+		after = getDeployment(t, pm).Spec.Template.Annotations[builder.AnnotationConfigHash]
+		if after == before {
+			return fmt.Errorf("hash still %s", after)
+		}
+		return nil
+	})
+
+	// A new digest needs a new key resolution; until then pods are held.
+	newDigest := "sha256:" + strings.Repeat("cd", 32)
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
+		t.Fatal(err)
+	}
+	pm.Spec.Weights.Digest = newDigest
+	if err := k8s.Update(ctx, pm); err != nil {
+		t.Fatalf("changing the digest: %v", err)
+	}
+	eventually(t, "the Deployment is held at zero until the new bundle resolves", func() error {
+		d := getDeployment(t, pm)
+		if *d.Spec.Replicas != 0 {
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		return nil
+	})
+	key.Resolved.ModelDigest = newDigest
+	eventually(t, "the stale key-resolve Job is deleted", func() error {
+		jobs := &batchv1.JobList{}
+		if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		if len(jobs.Items) != 1 {
+			return fmt.Errorf("%d key-resolve Jobs", len(jobs.Items))
+		}
+		return nil
+	})
+	completeKeyResolve(t, pm, key.Resolved)
+	eventually(t, "the pods roll with the new digest", func() error {
+		d := getDeployment(t, pm)
+		if *d.Spec.Replicas != 1 || d.Spec.Template.Annotations[builder.AnnotationConfigHash] == after {
+			return fmt.Errorf("replicas %d hash %s", *d.Spec.Replicas, d.Spec.Template.Annotations[builder.AnnotationConfigHash])
+		}
+		if !slices.Contains(d.Spec.Template.Spec.InitContainers[0].Command, newDigest) {
+			return fmt.Errorf("unseal does not expect the new digest")
+		}
+		return nil
+	})
+}
+
+func metaItems(list client.ObjectList) ([]client.Object, error) {
+	objs, err := meta.ExtractList(list)
+	if err != nil {
+		return nil, fmt.Errorf("extracting %T: %w", list, err)
+	}
+	out := make([]client.Object, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, o.(client.Object))
+	}
+	return out, nil
+}
