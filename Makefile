@@ -71,6 +71,26 @@ build: generate ## Build the manager and the modelguard CLI into bin/.
 $(CONTROLLER_GEN): hack/tools/dev/go.mod hack/tools/dev/go.sum
 	cd hack/tools/dev && go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
 
+##@ Deployment
+
+KUBECTL ?= $(K8S_BIN)/kubectl
+
+.PHONY: install
+install: manifests envtest-assets ## Install the CRDs into the cluster of the current kubeconfig.
+	$(KUBECTL) apply --server-side -k config/crd
+
+.PHONY: uninstall
+uninstall: envtest-assets ## Remove the CRDs (and every ProtectedModel and TrainingJob) from the cluster.
+	$(KUBECTL) delete --ignore-not-found -k config/crd
+
+.PHONY: deploy
+deploy: manifests envtest-assets ## Deploy the operator with kustomize (config/default) to the current cluster.
+	$(KUBECTL) apply --server-side -k config/default
+
+.PHONY: undeploy
+undeploy: envtest-assets ## Remove the operator deployed by `make deploy`.
+	$(KUBECTL) delete --ignore-not-found -k config/default
+
 ##@ Demo
 
 .PHONY: demo
