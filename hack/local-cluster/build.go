@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/modelguard/modelguard/hack/local-cluster/images"
+)
+
+// Image tarballs under the images dir, by file name.
+const (
+	pauseTarball      = "pause.tar"
+	demoServerTarball = "demo-server.tar"
+	modelGuardTarball = "modelguard.tar"
+)
+
+// imageTarballs lists the tarballs `up` imports: those `images` wrote.
+func imageTarballs(dir string) []string {
+	var out []string
+	for _, name := range []string{pauseTarball, demoServerTarball, modelGuardTarball} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil || name != modelGuardTarball {
+			// pause and demo-server are required (Up reports them missing);
+			// the ModelGuard image only when it was built.
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// goBuild builds a static binary; the Go build cache makes a warm run cheap.
+func goBuild(ctx context.Context, root, pkg, out, ldflags string) error {
+	args := []string{"build", "-trimpath", "-o", out}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
+	}
+	args = append(args, pkg)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// buildImages builds the test and ModelGuard binaries and their image
+// tarballs into dir, and the fake GPU device plugin (a host process) beside
+// them.
+func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard bool, logf func(string, ...any)) error {
+	began := time.Now()
+	binDir := filepath.Join(dir, "bin")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", binDir, err)
+	}
+	type binary struct {
+		pkg, out, ldflags string
+		optional          bool
+	}
+	binaries := []binary{
+		{pkg: "./test/images/pause", out: filepath.Join(binDir, "pause")},
+		{pkg: "./test/images/demo-server", out: filepath.Join(binDir, "demo-server")},
+		{pkg: "./test/images/fake-gpu-plugin", out: filepath.Join(dir, "fake-gpu-plugin")},
+	}
+	if withModelGuard {
+		binaries = append(binaries,
+			binary{pkg: "./cmd/manager", out: filepath.Join(binDir, "manager"), ldflags: ldflags},
+			binary{pkg: "./cmd/modelguard", out: filepath.Join(binDir, "modelguard"), ldflags: ldflags, optional: true})
+	} else {
+		_ = os.Remove(filepath.Join(dir, modelGuardTarball))
+	}
+	built := map[string]bool{}
+	for _, b := range binaries {
+		if b.optional {
+			if _, err := os.Stat(filepath.Join(root, b.pkg)); err != nil {
+				logf("Note: %s does not exist yet; the ModelGuard image is built without it", b.pkg)
+				continue
+			}
+		}
+		if err := goBuild(ctx, root, b.pkg, b.out, b.ldflags); err != nil {
+			return err
+		}
+		built[b.pkg] = true
+	}
+
+	specs := map[string]images.Spec{
+		pauseTarball: {
+			Ref:        images.PauseRef,
+			Files:      []images.File{{Path: "/pause", Source: filepath.Join(binDir, "pause"), Mode: 0o755}},
+			Entrypoint: []string{"/pause"},
+		},
+		demoServerTarball: {
+			Ref:        images.DemoServerRef,
+			Files:      []images.File{{Path: "/demo-server", Source: filepath.Join(binDir, "demo-server"), Mode: 0o755}},
+			Entrypoint: []string{"/demo-server"},
+		},
+	}
+	mg := images.Spec{
+		Ref:        images.ModelGuardRef,
+		Files:      []images.File{{Path: "/manager", Source: filepath.Join(binDir, "manager"), Mode: 0o755}},
+		Entrypoint: []string{"/manager"},
+	}
+	if built["./cmd/modelguard"] {
+		mg.Files = append(mg.Files, images.File{Path: "/modelguard", Source: filepath.Join(binDir, "modelguard"), Mode: 0o755})
+	}
+	if withModelGuard {
+		specs[modelGuardTarball] = mg
+	}
+
+	for file, spec := range specs {
+		wrote, err := images.WriteTarball(spec, filepath.Join(dir, file))
+		if err != nil {
+			return err
+		}
+		if wrote {
+			logf("Wrote %s (%s)", filepath.Join(dir, file), spec.Ref)
+		}
+	}
+	logf("Binaries and images are current in %s (%.1fs)", dir, time.Since(began).Seconds())
+	return nil
+}
