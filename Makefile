@@ -91,6 +91,46 @@ deploy: manifests envtest-assets ## Deploy the operator with kustomize (config/d
 undeploy: envtest-assets ## Remove the operator deployed by `make deploy`.
 	$(KUBECTL) delete --ignore-not-found -k config/default
 
+##@ Local cluster
+
+# A real single-node Kubernetes on this machine (root, Debian) for the demo and
+# the e2e tests: see hack/local-cluster. Its state lives outside the clone, in
+# /var/lib/modelguard-cluster (MODELGUARD_CLUSTER_DIR), so that any clone finds
+# and cleans up after a run that died.
+KUBE_ROUTER_VERSION := v2.1.0
+LOCAL_CLUSTER := $(BIN)/local-cluster -repo $(CURDIR)
+
+.PHONY: cluster-deps
+cluster-deps: ## Install the Debian packages the cluster's node needs (containerd, runc, CNI plugins, iptables, ipset, conntrack).
+	hack/local-cluster/install-deps.sh
+
+.PHONY: cluster-binaries
+cluster-binaries: envtest-assets ## Build kube-scheduler, kube-controller-manager, kubelet, kube-proxy, kube-router and the harness.
+	hack/build-k8s.sh $(K8S_BIN) kube-scheduler kube-controller-manager kubelet kube-proxy
+	hack/local-cluster/build-kube-router.sh $(KUBE_ROUTER_VERSION) $(BIN)/kube-router/$(KUBE_ROUTER_VERSION)
+	go build -o $(BIN)/local-cluster ./hack/local-cluster
+
+.PHONY: cluster-images
+cluster-images: cluster-binaries generate ## Build the image tarballs (pause, demo server, ModelGuard) and the fake GPU plugin into bin/images.
+	$(LOCAL_CLUSTER) -ldflags '$(GO_LDFLAGS)' images
+
+.PHONY: cluster-up
+cluster-up: cluster-deps cluster-images ## Bring up the local cluster (needs root); prints the export KUBECONFIG line.
+	$(LOCAL_CLUSTER) up
+
+.PHONY: cluster-down
+cluster-down: ## Tear the local cluster down and verify that nothing of it is left.
+	go run ./hack/local-cluster -repo $(CURDIR) down
+
+.PHONY: cluster-status
+cluster-status: ## Show the local cluster's components, node, GPU capacity and kubeconfig path.
+	go run ./hack/local-cluster -repo $(CURDIR) status
+
+.PHONY: test-e2e
+test-e2e: cluster-deps cluster-images ## Run the e2e tests on the local cluster, brought up before and torn down after (even on failure).
+	go vet -tags e2e ./test/e2e/...
+	$(LOCAL_CLUSTER) run -- go test -tags e2e ./test/e2e/... -count=1 -v -timeout 20m
+
 ##@ Demo
 
 .PHONY: demo
