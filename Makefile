@@ -61,6 +61,10 @@ test-unit: generate manifests envtest-assets ## Run unit and envtest integration
 envtest-assets: ## Build etcd, kube-apiserver and kubectl v$(K8S_VERSION) into bin/k8s.
 	hack/build-k8s.sh $(K8S_BIN) etcd kube-apiserver kubectl
 
+.PHONY: bench-seal
+bench-seal: ## Benchmark modelguard seal/unseal against cp, age -d and sha256sum on a generated 2 GiB model.
+	hack/bench-seal.sh
+
 ##@ Build
 
 .PHONY: build

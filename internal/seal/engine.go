@@ -185,24 +185,12 @@ func (e *openEngine) run(ctx context.Context) error {
 	for range cap(pool) {
 		pool <- nil
 	}
-	var files []*openFile
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() { e.work(r, jobs, pool) })
 	}
-	for i := range e.m.Files {
-		if r.ctx.Err() != nil {
-			break
-		}
-		of, err := e.dispatchFile(r, &e.m.Files[i], jobs, pool)
-		if of != nil {
-			files = append(files, of)
-		}
-		if err != nil {
-			r.fail(err)
-			break
-		}
-	}
+	files, err := e.dispatch(r, jobs, pool, workers)
+	r.fail(err)
 	close(jobs)
 	wg.Wait()
 	for _, of := range files {
@@ -214,7 +202,60 @@ func (e *openEngine) run(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (e *openEngine) dispatchFile(r *runner, f *File, jobs chan<- openJob, pool chan []byte) (*openFile, error) {
+// dispatch hands out the units of up to width files at a time, round-robin.
+// A write to a tmpfs (or ext4) file holds that file's inode lock, so workers
+// writing one file take turns; interleaving files lets them write in
+// parallel. Within a file, units go out in order, so the error reported for
+// a file is its first bad chunk. It returns every file it opened.
+func (e *openEngine) dispatch(r *runner, jobs chan<- openJob, pool chan []byte, width int) ([]*openFile, error) {
+	type cursor struct {
+		of   *openFile
+		next int64
+	}
+	var (
+		opened []*openFile
+		active []*cursor
+		next   int
+	)
+	for {
+		for len(active) < width && next < len(e.m.Files) {
+			of, err := e.startFile(r, &e.m.Files[next])
+			next++
+			if of != nil {
+				opened = append(opened, of)
+			}
+			if err != nil {
+				return opened, err
+			}
+			active = append(active, &cursor{of: of})
+		}
+		if len(active) == 0 {
+			return opened, nil
+		}
+		for i := 0; i < len(active); {
+			c := active[i]
+			if err := e.dispatchUnit(r, c.of, c.next, jobs, pool); err != nil {
+				return opened, err
+			}
+			c.next++
+			if c.next < c.of.g.units {
+				i++
+				continue
+			}
+			if err := e.finishFile(r, c.of); err != nil {
+				return opened, err
+			}
+			active = append(active[:i], active[i+1:]...)
+		}
+	}
+}
+
+// startFile opens a file's sealed and plaintext sides and checks its header
+// and size.
+func (e *openEngine) startFile(r *runner, f *File) (*openFile, error) {
+	if err := r.ctx.Err(); err != nil {
+		return nil, err
+	}
 	in, err := e.src.open(r.ctx, f)
 	if err != nil {
 		return nil, err
@@ -239,38 +280,49 @@ func (e *openEngine) dispatchFile(r *runner, f *File, jobs chan<- openJob, pool 
 	// One reference per unit, and one the dispatcher holds until it has
 	// checked a stream's end.
 	of.refs.Store(of.g.units + 1)
-	for u := range of.g.units {
-		job := openJob{file: of, unit: u}
-		if in.stream != nil {
-			var buf []byte
-			select {
-			case buf = <-pool:
-			case <-r.ctx.Done():
-				return of, r.ctx.Err()
-			}
-			first, end := of.g.unit(u)
-			if job.in, err = readStreamUnit(of, first, end, buf); err != nil {
-				pool <- buf
-				return of, err
-			}
-		}
+	return of, nil
+}
+
+// dispatchUnit hands unit u of of to a worker, reading its ciphertext first
+// if the file is a stream.
+func (e *openEngine) dispatchUnit(r *runner, of *openFile, u int64, jobs chan<- openJob, pool chan []byte) error {
+	job := openJob{file: of, unit: u}
+	if of.in.stream != nil {
+		var buf []byte
 		select {
-		case jobs <- job:
+		case buf = <-pool:
 		case <-r.ctx.Done():
-			if job.in != nil {
-				pool <- job.in
-			}
-			return of, r.ctx.Err()
+			return r.ctx.Err()
+		}
+		first, end := of.g.unit(u)
+		var err error
+		if job.in, err = readStreamUnit(of, first, end, buf); err != nil {
+			pool <- job.in
+			return err
 		}
 	}
-	if in.stream != nil {
+	select {
+	case jobs <- job:
+		return nil
+	case <-r.ctx.Done():
+		if job.in != nil {
+			pool <- job.in
+		}
+		return r.ctx.Err()
+	}
+}
+
+// finishFile checks that a stream ends after its last chunk and drops the
+// dispatcher's reference.
+func (e *openEngine) finishFile(r *runner, of *openFile) error {
+	if of.in.stream != nil {
 		var extra [1]byte
-		if n, _ := io.ReadFull(in.stream, extra[:]); n > 0 {
-			return of, &ChunkError{Path: f.Path, Chunk: of.g.chunks - 1, Err: ErrExtended}
+		if n, _ := io.ReadFull(of.in.stream, extra[:]); n > 0 {
+			return &ChunkError{Path: of.f.Path, Chunk: of.g.chunks - 1, Err: ErrExtended}
 		}
 	}
 	e.release(r, of)
-	return of, nil
+	return nil
 }
 
 func (e *openEngine) checkHeader(of *openFile) error {

@@ -282,8 +282,8 @@ type sealFile struct {
 	f      *File
 	g      geometry
 	aead   cipher.AEAD
-	in     *os.File
-	out    *os.File
+	in     readerAtCloser
+	out    writerAtCloser
 	leaves *leafCombiner
 	refs   atomic.Int64
 	once   sync.Once
@@ -299,6 +299,16 @@ func (sf *sealFile) close() error {
 		}
 	})
 	return err
+}
+
+type readerAtCloser interface {
+	io.ReaderAt
+	io.Closer
+}
+
+type writerAtCloser interface {
+	io.WriterAt
+	io.Closer
 }
 
 type sealJob struct {
