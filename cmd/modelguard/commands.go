@@ -147,6 +147,9 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 			meter.Start()
 			res, err = seal.Unseal(cmd.Context(), args[0], args[1], seal.UnsealOptions{OpenOptions: opts, AllowDisk: allowDisk, Replace: replace})
 			meter.Finish()
+			if err != nil && cmd.Context().Err() != nil {
+				return fmt.Errorf("interrupted; the plaintext written so far was removed: %w", err)
+			}
 			if err != nil {
 				return err
 			}

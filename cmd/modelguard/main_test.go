@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -295,6 +296,44 @@ func TestResolveKey(t *testing.T) {
 		t.Errorf("resolve-key of a missing bundle: exit %d", r.code)
 	}
 	mustMatch(t, string(readFile(t, termLog)), `^opening bundle directory: .*missing: no such file or directory\n$`)
+}
+
+// cancelOnWrite cancels a context at the first progress line, so that a
+// test can interrupt an unseal in the middle, as SIGTERM does.
+type cancelOnWrite struct {
+	bytes.Buffer
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnWrite) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("unseal: ")) {
+		c.cancel()
+	}
+	return c.Buffer.Write(p)
+}
+
+func TestUnsealInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	writeFile(t, filepath.Join(src, "a.bin"), randomBytes(t, 64<<20))
+	writeFile(t, filepath.Join(src, "b.bin"), randomBytes(t, 64<<20))
+	kekFile := writeFile(t, filepath.Join(dir, "kek"), randomBytes(t, 32))
+	mustRun(t, nil, "seal", src, filepath.Join(dir, "bundle"), "--kek-file", kekFile, "--progress", "none")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stderr := &cancelOnWrite{cancel: cancel}
+	dest := memDir(t)
+	termLog := filepath.Join(dir, "termination-log")
+	code := run(ctx, []string{"unseal", filepath.Join(dir, "bundle"), dest, "--kek-file", kekFile, "--workers", "1",
+		"--progress", "log", "--progress-interval", "1ms", "--termination-log", termLog}, io.Discard, stderr, os.Getenv)
+	if code != exitFail {
+		t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitFail, stderr.String())
+	}
+	if got := listTree(t, dest); len(got) != 0 {
+		t.Errorf("interrupted unseal left %v", got)
+	}
+	mustMatch(t, string(readFile(t, termLog)), `^interrupted; the plaintext written so far was removed: context canceled\n$`)
 }
 
 func mustMatch(t *testing.T, s, re string) {
