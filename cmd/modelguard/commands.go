@@ -98,7 +98,7 @@ func (c *cli) unsealCommand() *cobra.Command {
 	var (
 		flags     openFlags
 		allowDisk bool
-		replace   bool
+		keep      bool
 		termLog   string
 	)
 	cmd := &cobra.Command{
@@ -116,8 +116,9 @@ is decrypted, so no separate hash pass is needed.
 
 DEST must be on tmpfs or ramfs (checked with statfs) unless --allow-disk is
 given. Files are written into a temporary directory inside DEST and renamed
-into place at the end; on any error, or SIGTERM, every plaintext byte written is
-removed and the exit code is non-zero.
+into place at the end, replacing same-named entries (so that a re-run in the
+same volume succeeds) unless --keep-existing; on any error, or SIGTERM, every
+plaintext byte written is removed and the exit code is non-zero.
 
 The outcome is written as one line to the termination log (/dev/termination-log
 in a Kubernetes container, if it exists): the reason on failure, e.g.
@@ -145,7 +146,7 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 				return err
 			}
 			meter.Start()
-			res, err = seal.Unseal(cmd.Context(), args[0], args[1], seal.UnsealOptions{OpenOptions: opts, AllowDisk: allowDisk, Replace: replace})
+			res, err = seal.Unseal(cmd.Context(), args[0], args[1], seal.UnsealOptions{OpenOptions: opts, AllowDisk: allowDisk, KeepExisting: keep})
 			meter.Finish()
 			if err != nil && cmd.Context().Err() != nil {
 				return fmt.Errorf("interrupted; the plaintext written so far was removed: %w", err)
@@ -162,7 +163,8 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 	fs := cmd.Flags()
 	flags.register(fs)
 	fs.BoolVar(&allowDisk, "allow-disk", false, "Allow a DEST that is not memory-backed, which puts plaintext weights on disk")
-	fs.BoolVar(&replace, "replace", false, "Replace entries of DEST with the same names as the bundle's (e.g. when re-run in the same volume)")
+	fs.BoolVar(&keep, "keep-existing", false,
+		"Fail if DEST already has entries with the names of the bundle's files (by default they are replaced; other entries are never touched)")
 	fs.StringVar(&termLog, "termination-log", "/dev/termination-log",
 		"File for the one-line outcome; the default is written only if it exists")
 	return cmd

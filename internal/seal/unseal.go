@@ -46,10 +46,12 @@ type UnsealOptions struct {
 	OpenOptions
 	// AllowDisk lets DEST be on a file system that is not memory-backed.
 	AllowDisk bool
-	// Replace lets the bundle's files replace same-named entries already in
-	// DEST (a re-run in the same memory volume); without it they are an
-	// error.
-	Replace bool
+	// KeepExisting makes entries already in DEST with the names of the
+	// bundle's top-level files or directories an error. By default they are
+	// replaced, so that unseal is idempotent: an init container that runs
+	// again in the same memory volume (after a pod sandbox restart) succeeds.
+	// Other entries of DEST are never touched.
+	KeepExisting bool
 }
 
 // Result summarizes a finished Unseal or Verify.
@@ -127,10 +129,10 @@ func Unseal(ctx context.Context, location, dest string, opts UnsealOptions) (res
 	}
 	defer clear(dek)
 	tops := topLevelNames(m)
-	if !opts.Replace {
+	if opts.KeepExisting {
 		for _, name := range tops {
 			if _, err := os.Lstat(filepath.Join(dest, name)); err == nil {
-				return nil, fmt.Errorf("DEST %s already has %s; pass --replace to overwrite it", dest, name)
+				return nil, fmt.Errorf("DEST %s already has %s; not replacing it (--keep-existing)", dest, name)
 			}
 		}
 	}
