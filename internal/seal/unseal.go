@@ -50,7 +50,9 @@ type UnsealOptions struct {
 	// bundle's top-level files or directories an error. By default they are
 	// replaced, so that unseal is idempotent: an init container that runs
 	// again in the same memory volume (after a pod sandbox restart) succeeds.
-	// Other entries of DEST are never touched.
+	// They are removed once the manifest is authenticated and the digest
+	// checked, before decryption, so that the volume need not hold two
+	// copies. Other entries of DEST are never touched.
 	KeepExisting bool
 }
 
@@ -129,11 +131,18 @@ func Unseal(ctx context.Context, location, dest string, opts UnsealOptions) (res
 	}
 	defer clear(dek)
 	tops := topLevelNames(m)
-	if opts.KeepExisting {
-		for _, name := range tops {
-			if _, err := os.Lstat(filepath.Join(dest, name)); err == nil {
-				return nil, fmt.Errorf("DEST %s already has %s; not replacing it (--keep-existing)", dest, name)
-			}
+	for _, name := range tops {
+		existing := filepath.Join(dest, name)
+		if _, err := os.Lstat(existing); err != nil {
+			continue
+		}
+		if opts.KeepExisting {
+			return nil, fmt.Errorf("DEST %s already has %s; not replacing it (--keep-existing)", dest, name)
+		}
+		// Removed now, not at the rename, so that a memory volume sized for
+		// one copy of the model need not hold two.
+		if err := os.RemoveAll(existing); err != nil {
+			return nil, fmt.Errorf("replacing %s in DEST: %w", name, err)
 		}
 	}
 
