@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -405,6 +406,10 @@ func (e *openEngine) release(r *runner, of *openFile) {
 }
 
 func (e *openEngine) work(r *runner, jobs <-chan openJob, pool chan<- []byte) {
+	// Sealed files may be memory-mapped (mapFile); a fault reading one must
+	// become an error that openUnit reports, not a crash that would leave
+	// plaintext behind.
+	debug.SetPanicOnFault(true)
 	var inBuf, outBuf []byte
 	progress := e.progress
 	if progress == nil {
@@ -426,16 +431,33 @@ func (e *openEngine) work(r *runner, jobs <-chan openJob, pool chan<- []byte) {
 	}
 }
 
-func (e *openEngine) openUnit(r *runner, job openJob, inBuf, outBuf *[]byte) (int, error) {
+func (e *openEngine) openUnit(r *runner, job openJob, inBuf, outBuf *[]byte) (n int, err error) {
 	of, g := job.file, job.file.g
 	first, end := g.unit(job.unit)
 	in := job.in
+	if in == nil && of.in.mapped != nil {
+		start, size := g.cipherOff(first), int64(g.cipherLen(first, end))
+		if start+size > int64(len(of.in.mapped)) {
+			return 0, &ChunkError{Path: of.f.Path, Chunk: first, Err: ErrTruncated, Detail: "the sealed file shrank while it was read"}
+		}
+		in = of.in.mapped[start : start+size]
+		// A file truncated while mapped faults (SIGBUS) when read; work()
+		// runs with SetPanicOnFault, and this turns the panic into an error.
+		defer func() {
+			if p := recover(); p != nil {
+				if _, ok := p.(interface{ Addr() uintptr }); !ok {
+					panic(p)
+				}
+				n, err = 0, &ChunkError{Path: of.f.Path, Chunk: first, Err: ErrTruncated, Detail: "the sealed file shrank while it was read"}
+			}
+		}()
+	}
 	if in == nil {
-		n := g.cipherLen(first, end)
-		*inBuf = grow(*inBuf, n)
+		size := g.cipherLen(first, end)
+		*inBuf = grow(*inBuf, size)
 		in = *inBuf
 		got, err := of.in.at.ReadAt(in, g.cipherOff(first))
-		if got < n {
+		if got < size {
 			if errors.Is(err, io.EOF) {
 				return 0, &ChunkError{Path: of.f.Path, Chunk: first + int64(got)/(g.chunk+TagSize), Err: ErrTruncated,
 					Detail: "the sealed file shrank while it was read"}

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -440,3 +441,44 @@ type cancelOnAdd struct{ cancel context.CancelFunc }
 
 func (cancelOnAdd) SetTotal(int64) {}
 func (c cancelOnAdd) Add(int64)    { c.cancel() }
+
+// TestMappedFileTruncatedWhileRead truncates a sealed file while it is
+// memory-mapped: reading the lost pages faults, and that must become an
+// error naming the chunk, not a crash that would leave plaintext behind.
+func TestMappedFileTruncatedWhileRead(t *testing.T) {
+	ctx := context.Background()
+	bundle, m := sealFiles(t, map[string][]byte{"a.bin": pseudoRandom(1, 3*DefaultChunkSize)}, SealOptions{})
+	src, err := openBundle(bundle, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	f := &m.Files[0]
+	in, err := src.open(ctx, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	if in.mapped == nil {
+		t.Fatal("the sealed file was not memory-mapped")
+	}
+	if err := os.Truncate(filepath.Join(bundle, f.SealedPath()), int64(HeaderSize)+DefaultChunkSize+TagSize); err != nil {
+		t.Fatal(err)
+	}
+	aead, err := fileKey(bundleDEK(t, m), f.Salt, f.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	of := &openFile{f: f, g: geometryOf(f), aead: aead, in: in}
+	errc := make(chan error)
+	go func() {
+		debug.SetPanicOnFault(true)
+		var inBuf, outBuf []byte
+		_, err := (&openEngine{}).openUnit(newRunner(ctx, m.Files), openJob{file: of, unit: 2}, &inBuf, &outBuf)
+		errc <- err
+	}()
+	err = <-errc
+	if !errors.Is(err, ErrTruncated) || err.Error() != "chunk 2 of a.bin: sealed file is truncated (the sealed file shrank while it was read)" {
+		t.Errorf("got %v, want chunk 2 truncated", err)
+	}
+}

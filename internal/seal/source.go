@@ -32,7 +32,10 @@ type bundleSource interface {
 // workers read their own chunks in parallel) or as a stream (a download: one
 // reader feeds the workers, and no ciphertext is staged on disk).
 type sealedReader struct {
-	at     io.ReaderAt
+	at io.ReaderAt
+	// mapped is the file mapped into memory, when at is a local file that
+	// could be mapped.
+	mapped []byte
 	stream io.Reader
 	// size is the sealed file's size, or -1 if a stream did not say.
 	size  int64
@@ -91,7 +94,15 @@ func (s *dirSource) open(_ context.Context, file *File) (*sealedReader, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: the sealed file %s is not a regular file", file.Path, file.SealedPath())
 	}
-	return &sealedReader{at: f, size: info.Size(), close: f.Close}, nil
+	r := &sealedReader{at: f, size: info.Size(), close: f.Close}
+	if data, unmap, err := mapFile(f, info.Size()); err == nil {
+		r.mapped = data
+		r.close = func() error {
+			_ = unmap()
+			return f.Close()
+		}
+	}
+	return r, nil
 }
 
 func (s *dirSource) Close() error { return s.root.Close() }
