@@ -3,6 +3,8 @@ package builder
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"path"
 	"strconv"
 
@@ -241,11 +243,17 @@ func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv
 				WithSpec(podSpec)))
 }
 
-// KeyResolveJobName is unique per bundle location, digest and image, so that
-// a new source gets a fresh resolution while the old Job is cleaned up.
+// KeyResolveJobName is unique per pod template (bundle claim and location,
+// digest, image, ownership, runtime class), so that a new source gets a fresh
+// resolution while the old Job is cleaned up.
 func KeyResolveJobName(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) string {
-	// A Job's pod template is immutable, so everything in it is in the name.
-	sum := sha256.Sum256([]byte(BundleLocation(pm) + "\x00" + pm.Spec.Weights.Digest + "\x00" + facts.UnsealImage))
+	// A Job's pod template is immutable: the API server rejects any change to
+	// it, so all of it goes into the name.
+	template, err := json.Marshal(keyResolvePodTemplate(pm, facts))
+	if err != nil {
+		panic(fmt.Sprintf("builder: marshalling the key-resolve pod template: %v", err))
+	}
+	sum := sha256.Sum256(template)
 	return pm.Name + "-kr-" + hex.EncodeToString(sum[:4])
 }
 
@@ -253,6 +261,17 @@ func KeyResolveJobName(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts)
 // its wrapped data key and model digest in the termination message. It exists
 // because the operator cannot read a PersistentVolumeClaim itself.
 func KeyResolveJob(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *batchv1ac.JobApplyConfiguration {
+	return batchv1ac.Job(KeyResolveJobName(pm, facts), pm.Namespace).
+		WithLabels(merge(CommonLabels(pm), map[string]string{LabelComponent: ComponentKeyResolve})).
+		WithAnnotations(OwnershipAnnotations(pm)).
+		WithOwnerReferences(ownerReference(pm)).
+		WithSpec(batchv1ac.JobSpec().
+			WithBackoffLimit(2).
+			WithActiveDeadlineSeconds(300).
+			WithTemplate(keyResolvePodTemplate(pm, facts)))
+}
+
+func keyResolvePodTemplate(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *corev1ac.PodTemplateSpecApplyConfiguration {
 	podLabels := merge(CommonLabels(pm), selectorFor(pm, ComponentKeyResolve))
 	podSpec := hardenedPodSpec(pm).
 		WithRestartPolicy(corev1.RestartPolicyNever).
@@ -275,17 +294,10 @@ func KeyResolveJob(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *ba
 	podSpec.Tolerations = nil
 	podSpec.PriorityClassName = nil
 
-	return batchv1ac.Job(KeyResolveJobName(pm, facts), pm.Namespace).
-		WithLabels(merge(CommonLabels(pm), map[string]string{LabelComponent: ComponentKeyResolve})).
+	return corev1ac.PodTemplateSpec().
+		WithLabels(podLabels).
 		WithAnnotations(OwnershipAnnotations(pm)).
-		WithOwnerReferences(ownerReference(pm)).
-		WithSpec(batchv1ac.JobSpec().
-			WithBackoffLimit(2).
-			WithActiveDeadlineSeconds(300).
-			WithTemplate(corev1ac.PodTemplateSpec().
-				WithLabels(podLabels).
-				WithAnnotations(OwnershipAnnotations(pm)).
-				WithSpec(podSpec)))
+		WithSpec(podSpec)
 }
 
 // BundleLocation is where the unseal and key-resolve containers read the
