@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -115,14 +116,28 @@ func TestRoundTrip1GiB(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundle := filepath.Join(t.TempDir(), "bundle")
-	m, err := Seal(context.Background(), src, bundle, SealOptions{Provider: testKEK(t)})
-	if err != nil {
-		t.Fatalf("Seal: %v", err)
+	var m *Manifest
+	allocated := allocatedDuring(func() {
+		if m, err = Seal(context.Background(), src, bundle, SealOptions{Provider: testKEK(t)}); err != nil {
+			t.Fatalf("Seal: %v", err)
+		}
+	})
+	// Memory is a few chunks per worker, not a function of the model size.
+	limit := uint64(defaultWorkers(0))*4<<20 + 8<<20
+	t.Logf("Seal allocated %.1f MiB in all", float64(allocated)/(1<<20))
+	if allocated > limit {
+		t.Errorf("Seal allocated %d MiB for a 1 GiB file, more than %d MiB", allocated>>20, limit>>20)
 	}
 	dest := memDir(t)
-	if _, err := Unseal(context.Background(), bundle, dest, UnsealOptions{OpenOptions: OpenOptions{
-		Key: Key{Provider: testKEK(t)}, ExpectDigest: m.ModelDigest}}); err != nil {
-		t.Fatalf("Unseal: %v", err)
+	allocated = allocatedDuring(func() {
+		if _, err := Unseal(context.Background(), bundle, dest, UnsealOptions{OpenOptions: OpenOptions{
+			Key: Key{Provider: testKEK(t)}, ExpectDigest: m.ModelDigest}}); err != nil {
+			t.Fatalf("Unseal: %v", err)
+		}
+	})
+	t.Logf("Unseal allocated %.1f MiB in all", float64(allocated)/(1<<20))
+	if allocated > limit {
+		t.Errorf("Unseal allocated %d MiB for a 1 GiB file, more than %d MiB", allocated>>20, limit>>20)
 	}
 	out, err := os.Open(filepath.Join(dest, "model.safetensors"))
 	if err != nil {
@@ -137,6 +152,15 @@ func TestRoundTrip1GiB(t *testing.T) {
 	if n != size || hex.EncodeToString(gotHash.Sum(nil)) != hex.EncodeToString(wantHash.Sum(nil)) {
 		t.Fatalf("unsealed %d bytes with SHA-256 %x; want %d bytes with %x", n, gotHash.Sum(nil), size, wantHash.Sum(nil))
 	}
+}
+
+// allocatedDuring returns the bytes of heap f allocated in total.
+func allocatedDuring(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
 }
 
 // serveBundle serves a bundle directory over TLS on loopback, counting the
