@@ -115,7 +115,9 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 	}
 
 	facts := children.ProtectedModelFacts{UnsealImage: r.UnsealImage}
-	if key.DEK != nil {
+	// The data key goes out only while the model may serve: a stalled model
+	// (e.g. too little memory for the plaintext) has none (fail closed).
+	if reason, _ := stallReason(obs); key.DEK != nil && reason == "" {
 		facts.DataKeyHash = children.DataKeyHash(key.DEK)
 		if _, err := applyIfChanged(ctx, r.Client, &corev1.Secret{ObjectMeta: objectMeta(pm, children.DataKeySecretName(pm))},
 			children.DataKeySecret(pm, key.DEK), corev1ac.ExtractSecret); err != nil {
