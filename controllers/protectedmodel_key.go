@@ -196,7 +196,9 @@ func terminated(statuses []corev1.ContainerStatus, name string) (message string,
 func classifyUnsealError(message string) string {
 	lower := strings.ToLower(message)
 	switch {
-	case strings.Contains(lower, "digest"):
+	// "digest mismatch", not "digest": file paths in tamper messages may
+	// mention digests too.
+	case strings.Contains(lower, strings.ToLower(seal.ErrDigestMismatch.Error())):
 		return mlv1alpha1.ReasonDigestMismatch
 	case strings.Contains(lower, "authentic"), strings.Contains(lower, "tamper"), strings.Contains(lower, "truncat"):
 		return mlv1alpha1.ReasonBundleTampered

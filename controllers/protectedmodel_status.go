@@ -175,17 +175,23 @@ func setGPUScheduledCondition(status *mlv1alpha1.ProtectedModelStatus, gen int64
 	var unschedulable, pending int
 	var message string
 	for i := range obs.Pods {
+		// A pod counts as scheduled only once it is bound or the scheduler
+		// says so; a new pod has no PodScheduled condition yet.
+		scheduled := obs.Pods[i].Spec.NodeName != ""
 		for _, c := range obs.Pods[i].Status.Conditions {
 			if c.Type != corev1.PodScheduled {
 				continue
 			}
-			if c.Status != corev1.ConditionTrue {
-				pending++
-				if c.Reason == corev1.PodReasonUnschedulable {
-					unschedulable++
-					message = c.Message
-				}
+			switch {
+			case c.Status == corev1.ConditionTrue:
+				scheduled = true
+			case c.Reason == corev1.PodReasonUnschedulable:
+				unschedulable++
+				message = c.Message
 			}
+		}
+		if !scheduled {
+			pending++
 		}
 	}
 	switch {

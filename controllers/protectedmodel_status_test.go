@@ -1,0 +1,676 @@
+package controllers
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/keys"
+	"github.com/modelguard/modelguard/internal/seal"
+)
+
+const generation = 7
+
+var (
+	testDEK = []byte("0123456789abcdef0123456789abcdef")
+	// longAgo is a transition time no setter would produce.
+	longAgo = metav1.NewTime(time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC))
+
+	ignoreTransitionTime = cmpopts.IgnoreFields(metav1.Condition{}, "LastTransitionTime")
+
+	tamperMessage = (&seal.ChunkError{Path: "model.safetensors", Chunk: 37, Err: seal.ErrAuthentication}).Error()
+)
+
+// cond is the condition a setter is expected to leave, stamped with the
+// model's generation.
+func cond(conditionType string, status metav1.ConditionStatus, reason, message string) metav1.Condition {
+	return metav1.Condition{Type: conditionType, Status: status, Reason: reason, Message: message, ObservedGeneration: generation}
+}
+
+// servingObservation is a model whose every prerequisite holds.
+func servingObservation() observation {
+	return observation{
+		Key:                 keyState{DEK: testDEK, ModelDigest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+		MemoryCoversWeights: true,
+		DesiredReplicas:     2,
+		PolicyApplied:       true,
+		BundleLocation:      "/var/run/modelguard/bundle",
+		KeyProvider:         mlv1alpha1.KeyProviderSecret,
+	}
+}
+
+func with(obs observation, edit func(*observation)) observation {
+	edit(&obs)
+	return obs
+}
+
+func unsealPod(exitCode int32, message string) corev1.Pod {
+	return corev1.Pod{Status: corev1.PodStatus{
+		Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}},
+		InitContainerStatuses: []corev1.ContainerStatus{{
+			Name:  "unseal",
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Message: message}},
+		}},
+	}}
+}
+
+// restartingUnsealPod is a pod whose unseal container failed and runs again.
+func restartingUnsealPod(exitCode int32, message string) corev1.Pod {
+	p := unsealPod(exitCode, message)
+	s := &p.Status.InitContainerStatuses[0]
+	s.LastTerminationState, s.State = s.State, corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}
+	return p
+}
+
+func unsealingPod() corev1.Pod {
+	return corev1.Pod{Status: corev1.PodStatus{
+		Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionTrue}},
+		InitContainerStatuses: []corev1.ContainerStatus{{
+			Name: "unseal", State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}},
+		}},
+	}}
+}
+
+func scheduling(status corev1.ConditionStatus, reason, message string) corev1.Pod {
+	return corev1.Pod{Status: corev1.PodStatus{Conditions: []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: status, Reason: reason, Message: message},
+	}}}
+}
+
+func availableDeployment(replicas int32) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Generation: 3},
+		Status: appsv1.DeploymentStatus{ObservedGeneration: 3, Replicas: replicas, UpdatedReplicas: replicas,
+			ReadyReplicas: replicas, AvailableReplicas: replicas},
+	}
+}
+
+type setterCase struct {
+	name  string
+	prior []metav1.Condition
+	obs   observation
+	want  metav1.Condition
+}
+
+func runSetter(t *testing.T, conditionType string, setter func(*mlv1alpha1.ProtectedModelStatus, int64, observation), tests []setterCase) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status := mlv1alpha1.ProtectedModelStatus{Conditions: append([]metav1.Condition(nil), tc.prior...)}
+			setter(&status, generation, tc.obs)
+			got := meta.FindStatusCondition(status.Conditions, conditionType)
+			if got == nil {
+				t.Fatalf("no %s condition set", conditionType)
+			}
+			if diff := cmp.Diff(tc.want, *got, ignoreTransitionTime); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", conditionType, diff)
+			}
+			if got.LastTransitionTime.IsZero() {
+				t.Error("lastTransitionTime is not set")
+			}
+			if len(status.Conditions) != len(tc.prior)+1 && meta.FindStatusCondition(tc.prior, conditionType) == nil {
+				t.Errorf("setter left %d conditions, want %d", len(status.Conditions), len(tc.prior)+1)
+			}
+		})
+	}
+}
+
+func TestSetKeyAvailableCondition(t *testing.T) {
+	runSetter(t, mlv1alpha1.ConditionKeyAvailable, setKeyAvailableCondition, []setterCase{{
+		name: "data key unwrapped",
+		obs:  servingObservation(),
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
+			"the key-encryption key unwrapped the bundle's data key; only the unseal init container receives it"),
+	}, {
+		name: "key Secret missing",
+		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound,
+			KeyMessage: "Secret m-kek named by spec.weights.key.secretRef does not exist"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeySecretNotFound,
+			"Secret m-kek named by spec.weights.key.secretRef does not exist"),
+	}, {
+		name: "key not in the Secret",
+		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyNotInSecret,
+			KeyMessage: `Secret m-kek has no key "kek" named by spec.weights.key.secretRef.key`}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotInSecret,
+			`Secret m-kek has no key "kek" named by spec.weights.key.secretRef.key`),
+	}, {
+		name: "unwrap failed",
+		obs:  observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: keys.ErrWrongKey.Error()}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyUnwrapFailed, keys.ErrWrongKey.Error()),
+	}, {
+		name: "key failure wins over a bundle failure",
+		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable, KeyMessage: "provider down",
+			BundleReason: mlv1alpha1.ReasonUnsealFailed, BundleMessage: "unreadable"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyProviderUnavailable, "provider down"),
+	}, {
+		name: "bundle unreadable: unknown",
+		obs:  observation{Key: keyState{BundleReason: mlv1alpha1.ReasonBundleTampered, BundleMessage: "manifest failed authentication"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
+			"the data key cannot be unwrapped until the bundle's manifest is read: see WeightsVerified"),
+	}, {
+		name: "still resolving",
+		obs:  observation{Key: keyState{Resolving: true}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
+			"reading the bundle's manifest with a key-resolve Job"),
+	}, {
+		name:  "recovery replaces an old failure",
+		prior: []metav1.Condition{{Type: mlv1alpha1.ConditionKeyAvailable, Status: metav1.ConditionFalse, Reason: mlv1alpha1.ReasonKeySecretNotFound, ObservedGeneration: 2, LastTransitionTime: longAgo}},
+		obs:   servingObservation(),
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
+			"the key-encryption key unwrapped the bundle's data key; only the unseal init container receives it"),
+	}})
+}
+
+func TestSetWeightsEncryptedCondition(t *testing.T) {
+	runSetter(t, mlv1alpha1.ConditionWeightsEncrypted, setWeightsEncryptedCondition, []setterCase{{
+		name: "volume bundle",
+		obs:  servingObservation(),
+		want: cond(mlv1alpha1.ConditionWeightsEncrypted, metav1.ConditionTrue, mlv1alpha1.ReasonSealedBundle,
+			"weights are read only from the sealed bundle /var/run/modelguard/bundle and decrypted into memory"),
+	}, {
+		name: "https bundle",
+		obs:  with(servingObservation(), func(o *observation) { o.BundleLocation = "https://models.example.com/v3/" }),
+		want: cond(mlv1alpha1.ConditionWeightsEncrypted, metav1.ConditionTrue, mlv1alpha1.ReasonSealedBundle,
+			"weights are read only from the sealed bundle https://models.example.com/v3/ and decrypted into memory"),
+	}})
+}
+
+func TestSetWeightsVerifiedCondition(t *testing.T) {
+	digestMismatch := fmt.Errorf("%w: the bundle holds sha256:%s, expected sha256:%s", seal.ErrDigestMismatch,
+		strings.Repeat("ab", 32), strings.Repeat("cd", 32)).Error()
+	verified := cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionTrue, mlv1alpha1.ReasonDigestVerified,
+		"every chunk authenticated and the model digest matched spec.weights.digest")
+	pending := cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionUnknown, mlv1alpha1.ReasonVerificationPending,
+		"no unseal init container has finished yet")
+	verifiedEarlier := metav1.Condition{Type: mlv1alpha1.ConditionWeightsVerified, Status: metav1.ConditionTrue,
+		Reason: mlv1alpha1.ReasonDigestVerified, Message: verified.Message, ObservedGeneration: 2, LastTransitionTime: longAgo}
+
+	runSetter(t, mlv1alpha1.ConditionWeightsVerified, setWeightsVerifiedCondition, []setterCase{{
+		name: "unseal succeeded",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3")} }),
+		want: verified,
+	}, {
+		name: "tamper message verbatim",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage+"\n")} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered,
+			"chunk 37 of model.safetensors failed authentication"),
+	}, {
+		name: "digest mismatch verbatim",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, digestMismatch)} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonDigestMismatch, digestMismatch),
+	}, {
+		name: "failure of the last run while the container restarts",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{restartingUnsealPod(1, tamperMessage)} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered, tamperMessage),
+	}, {
+		name: "killed without a message",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(137, "")} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonUnsealFailed,
+			"the unseal init container exited with code 137"),
+	}, {
+		name: "one failing pod among verified ones",
+		obs: with(servingObservation(), func(o *observation) {
+			o.Pods = []corev1.Pod{unsealPod(0, ""), unsealPod(1, tamperMessage), unsealPod(0, "")}
+		}),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered, tamperMessage),
+	}, {
+		name: "bundle problem found by the operator",
+		obs: observation{Key: keyState{BundleReason: mlv1alpha1.ReasonDigestMismatch,
+			BundleMessage: "the bundle holds model sha256:abab…, but spec.weights.digest is sha256:e3b0…"}},
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonDigestMismatch,
+			"the bundle holds model sha256:abab…, but spec.weights.digest is sha256:e3b0…"),
+	}, {
+		name: "unseal still running",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealingPod()} }),
+		want: pending,
+	}, {
+		name: "no pods yet",
+		obs:  servingObservation(),
+		want: pending,
+	}, {
+		name:  "verified pods scaled away, same key: stays verified",
+		prior: []metav1.Condition{verifiedEarlier},
+		obs:   with(servingObservation(), func(o *observation) { o.DesiredReplicas = 0 }),
+		want:  verified,
+	}, {
+		name:  "verified earlier, but the key is gone: pending again",
+		prior: []metav1.Condition{verifiedEarlier},
+		obs:   observation{Key: keyState{Resolving: true}},
+		want:  pending,
+	}})
+}
+
+func TestSetNetworkIsolatedCondition(t *testing.T) {
+	problem := "the bundle host 203.0.113.10 (203.0.113.10) port 443 is not covered by spec.network.allowedEgress, so the download would be blocked; add a CIDR that covers it"
+	runSetter(t, mlv1alpha1.ConditionNetworkIsolated, setNetworkIsolatedCondition, []setterCase{{
+		name: "policy applied",
+		obs:  servingObservation(),
+		want: cond(mlv1alpha1.ConditionNetworkIsolated, metav1.ConditionTrue, mlv1alpha1.ReasonPolicyApplied,
+			"default-deny NetworkPolicy in force for ingress and egress"),
+	}, {
+		name: "policy not applied",
+		obs:  with(servingObservation(), func(o *observation) { o.PolicyApplied = false; o.BundleHostProblem = problem }),
+		want: cond(mlv1alpha1.ConditionNetworkIsolated, metav1.ConditionFalse, mlv1alpha1.ReasonPolicyNotApplied,
+			"the default-deny NetworkPolicy is not in force yet"),
+	}, {
+		name: "bundle host not allowed",
+		obs:  with(servingObservation(), func(o *observation) { o.BundleHostProblem = problem }),
+		want: cond(mlv1alpha1.ConditionNetworkIsolated, metav1.ConditionFalse, mlv1alpha1.ReasonBundleHostNotAllowed, problem),
+	}})
+}
+
+func TestSetHardenedCondition(t *testing.T) {
+	runSetter(t, mlv1alpha1.ConditionHardened, setHardenedCondition, []setterCase{{
+		name: "restricted",
+		obs:  servingObservation(),
+		want: cond(mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted,
+			`every generated pod passes Pod Security "restricted", runs with a read-only root and no API token`),
+	}, {
+		name: "violations listed",
+		obs: with(servingObservation(), func(o *observation) {
+			o.PodSecurityViolations = []string{`privileged: container "server" must not set securityContext.privileged=true`, "host namespaces: hostNetwork=true"}
+		}),
+		want: cond(mlv1alpha1.ConditionHardened, metav1.ConditionFalse, mlv1alpha1.ReasonNotRestricted,
+			`pods violate Pod Security "restricted": privileged: container "server" must not set securityContext.privileged=true; host namespaces: hostNetwork=true`),
+	}})
+}
+
+func TestSetGPUScheduledCondition(t *testing.T) {
+	const insufficient = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+	gpus := func(count int32, pods ...corev1.Pod) observation {
+		return with(servingObservation(), func(o *observation) { o.GPUCount, o.Pods = count, pods })
+	}
+	pending := cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionUnknown, mlv1alpha1.ReasonSchedulingPending, "no pod has been scheduled yet")
+	runSetter(t, mlv1alpha1.ConditionGPUScheduled, setGPUScheduledCondition, []setterCase{{
+		name: "no GPU asked for",
+		obs:  gpus(0, scheduling(corev1.ConditionTrue, "", "")),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionTrue, mlv1alpha1.ReasonNoGPURequested, "spec.gpu asks for no GPU"),
+	}, {
+		name: "no GPU asked for and no pod",
+		obs:  gpus(0),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionTrue, mlv1alpha1.ReasonNoGPURequested, "spec.gpu asks for no GPU"),
+	}, {
+		name: "every pod scheduled",
+		obs:  gpus(2, scheduling(corev1.ConditionTrue, "", ""), scheduling(corev1.ConditionTrue, "", "")),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionTrue, mlv1alpha1.ReasonScheduled, "2 pod(s) scheduled with 2 GPU(s) each"),
+	}, {
+		name: "scheduler's message verbatim",
+		obs:  gpus(8, scheduling(corev1.ConditionTrue, "", ""), scheduling(corev1.ConditionFalse, corev1.PodReasonUnschedulable, insufficient)),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionFalse, mlv1alpha1.ReasonUnschedulable, insufficient),
+	}, {
+		name: "unschedulable even without GPUs",
+		obs:  gpus(0, scheduling(corev1.ConditionFalse, corev1.PodReasonUnschedulable, "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.")),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionFalse, mlv1alpha1.ReasonUnschedulable,
+			"0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."),
+	}, {
+		name: "waiting for the scheduler",
+		obs:  gpus(1, scheduling(corev1.ConditionFalse, "", "")),
+		want: pending,
+	}, {
+		name: "pod the scheduler has not looked at yet",
+		obs:  gpus(1, scheduling(corev1.ConditionTrue, "", ""), corev1.Pod{}),
+		want: pending,
+	}, {
+		name: "bound pod whose condition lags",
+		obs:  gpus(1, corev1.Pod{Spec: corev1.PodSpec{NodeName: "gpu-node-1"}}),
+		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionTrue, mlv1alpha1.ReasonScheduled, "1 pod(s) scheduled with 1 GPU(s) each"),
+	}, {
+		name: "no pods",
+		obs:  gpus(1),
+		want: pending,
+	}})
+}
+
+func TestSetOwnershipRecordedCondition(t *testing.T) {
+	runSetter(t, mlv1alpha1.ConditionOwnershipRecorded, setOwnershipRecordedCondition, []setterCase{{
+		name: "every object annotated",
+		obs:  servingObservation(),
+		want: cond(mlv1alpha1.ConditionOwnershipRecorded, metav1.ConditionTrue, mlv1alpha1.ReasonOwnershipAnnotated,
+			"every managed object, pods included, carries the owner, license, copyright, classification and digest annotations"),
+	}, {
+		name: "missing ones listed in order",
+		obs: with(servingObservation(), func(o *observation) {
+			o.ObjectsMissingOwnership = []string{"*v1.Service m", "*v1.Pod m-7d9f-abcde", "*v1.NetworkPolicy m"}
+		}),
+		want: cond(mlv1alpha1.ConditionOwnershipRecorded, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing,
+			"ownership annotations missing on *v1.NetworkPolicy m, *v1.Pod m-7d9f-abcde, *v1.Service m"),
+	}})
+}
+
+func TestStallReasonAndCanServe(t *testing.T) {
+	tests := []struct {
+		name     string
+		obs      observation
+		reason   string
+		canServe bool
+	}{
+		{"everything holds", servingObservation(), "", true},
+		{"key failure", with(servingObservation(), func(o *observation) {
+			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: "wrong key"}
+		}), mlv1alpha1.ReasonKeyUnwrapFailed, false},
+		{"key failure before bundle failure and memory", with(servingObservation(), func(o *observation) {
+			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound, KeyMessage: "no Secret",
+				BundleReason: mlv1alpha1.ReasonBundleTampered, BundleMessage: "tampered"}
+			o.MemoryCoversWeights = false
+		}), mlv1alpha1.ReasonKeySecretNotFound, false},
+		{"bundle failure before memory", with(servingObservation(), func(o *observation) {
+			o.Key = keyState{BundleReason: mlv1alpha1.ReasonDigestMismatch, BundleMessage: "other model"}
+			o.MemoryCoversWeights = false
+		}), mlv1alpha1.ReasonDigestMismatch, false},
+		{"memory too small", with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
+			mlv1alpha1.ReasonMemoryTooSmall, false},
+		{"key still resolving", with(servingObservation(), func(o *observation) { o.Key = keyState{Resolving: true} }), "", false},
+		{"policy not applied", with(servingObservation(), func(o *observation) { o.PolicyApplied = false }), "", false},
+		{"pods not restricted", with(servingObservation(), func(o *observation) { o.PodSecurityViolations = []string{"privileged: x"} }), "", false},
+		{"bundle host uncovered does not hold pods back", with(servingObservation(), func(o *observation) { o.BundleHostProblem = "blocked" }), "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reason, message := stallReason(tc.obs)
+			if reason != tc.reason {
+				t.Errorf("stallReason = %q, want %q", reason, tc.reason)
+			}
+			if (reason == "") != (message == "") {
+				t.Errorf("stallReason gave reason %q with message %q", reason, message)
+			}
+			if got := canServe(tc.obs); got != tc.canServe {
+				t.Errorf("canServe = %v, want %v", got, tc.canServe)
+			}
+		})
+	}
+}
+
+// TestPhaseAndReadiness computes the whole status and checks the phase and
+// the kstatus conditions.
+func TestPhaseAndReadiness(t *testing.T) {
+	servingWith := func(edit func(*observation)) observation {
+		obs := servingObservation()
+		obs.Pods = []corev1.Pod{unsealPod(0, ""), unsealPod(0, "")}
+		obs.Deployment = availableDeployment(2)
+		edit(&obs)
+		return obs
+	}
+	tests := []struct {
+		name        string
+		obs         observation
+		phase       mlv1alpha1.ProtectedModelPhase
+		ready       metav1.Condition
+		reconciling metav1.ConditionStatus
+		stalled     *metav1.Condition
+	}{{
+		name:        "serving with every protection",
+		obs:         servingWith(func(*observation) {}),
+		phase:       mlv1alpha1.ModelPhaseProtected,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable, "2 of 2 pods serving"),
+		reconciling: metav1.ConditionFalse,
+	}, {
+		name:        "serving, but a protection condition is not true",
+		obs:         servingWith(func(o *observation) { o.BundleHostProblem = "blocked" }),
+		phase:       mlv1alpha1.ModelPhaseDegraded,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable, "2 of 2 pods serving"),
+		reconciling: metav1.ConditionFalse,
+	}, {
+		name:        "serving with fewer pods than asked",
+		obs:         servingWith(func(o *observation) { o.Deployment.Status.AvailableReplicas, o.Deployment.Status.ReadyReplicas = 1, 1 }),
+		phase:       mlv1alpha1.ModelPhaseDegraded,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonUnavailable, "1 of 2 pods available"),
+		reconciling: metav1.ConditionTrue,
+	}, {
+		name:        "rolling out",
+		obs:         servingWith(func(o *observation) { o.Deployment.Status.UpdatedReplicas, o.Deployment.Status.ReadyReplicas = 0, 0 }),
+		phase:       mlv1alpha1.ModelPhasePending,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonRollingOut, "0 of 2 pods updated"),
+		reconciling: metav1.ConditionTrue,
+	}, {
+		name:        "Deployment controller behind",
+		obs:         servingWith(func(o *observation) { o.Deployment.Generation = 4 }),
+		phase:       mlv1alpha1.ModelPhaseDegraded, // its two pods still serve
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonRollingOut, "the Deployment controller has not seen the latest spec yet"),
+		reconciling: metav1.ConditionTrue,
+	}, {
+		name:        "no Deployment yet",
+		obs:         servingWith(func(o *observation) { o.Deployment, o.Pods = nil, nil }),
+		phase:       mlv1alpha1.ModelPhasePending,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "creating the Deployment"),
+		reconciling: metav1.ConditionTrue,
+	}, {
+		name: "key resolving",
+		obs: servingWith(func(o *observation) {
+			o.Key, o.Pods, o.Deployment = keyState{Resolving: true}, nil, availableDeployment(0)
+		}),
+		phase:       mlv1alpha1.ModelPhasePending,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "reading the bundle's manifest with a key-resolve Job"),
+		reconciling: metav1.ConditionTrue,
+	}, {
+		name: "key missing: failed closed",
+		obs: servingWith(func(o *observation) {
+			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound, KeyMessage: "Secret m-kek named by spec.weights.key.secretRef does not exist"}
+		}),
+		phase: mlv1alpha1.ModelPhaseFailed,
+		ready: cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed,
+			"not serving, failed closed: Secret m-kek named by spec.weights.key.secretRef does not exist"),
+		reconciling: metav1.ConditionFalse,
+		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonKeySecretNotFound,
+			Message: "Secret m-kek named by spec.weights.key.secretRef does not exist", ObservedGeneration: generation},
+	}, {
+		name:  "memory too small: failed closed",
+		obs:   servingWith(func(o *observation) { o.MemoryCoversWeights = false }),
+		phase: mlv1alpha1.ModelPhaseFailed,
+		ready: cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed,
+			"not serving, failed closed: spec.server.resources.limits.memory does not exceed spec.weights.memory: the plaintext weights in tmpfs would not fit, so no pod is started"),
+		reconciling: metav1.ConditionFalse,
+		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonMemoryTooSmall,
+			Message: "spec.server.resources.limits.memory does not exceed spec.weights.memory: the plaintext weights in tmpfs would not fit, so no pod is started", ObservedGeneration: generation},
+	}, {
+		name: "tampered bundle reported by a pod",
+		obs: servingWith(func(o *observation) {
+			o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)}
+			o.Deployment.Status.AvailableReplicas, o.Deployment.Status.ReadyReplicas = 0, 0
+		}),
+		phase:       mlv1alpha1.ModelPhaseFailed,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered, "not serving: "+tamperMessage),
+		reconciling: metav1.ConditionFalse,
+		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonBundleTampered,
+			Message: tamperMessage, ObservedGeneration: generation},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pm := testModel().DeepCopy()
+			pm.Generation = generation
+			status := computeStatus(pm, tc.obs)
+			if status.Phase != tc.phase {
+				t.Errorf("phase = %s, want %s", status.Phase, tc.phase)
+			}
+			if diff := cmp.Diff(tc.ready, *meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionReady), ignoreTransitionTime); diff != "" {
+				t.Errorf("Ready (-want +got):\n%s", diff)
+			}
+			if got := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionReconciling); got.Status != tc.reconciling {
+				t.Errorf("Reconciling = %s (%s: %s), want %s", got.Status, got.Reason, got.Message, tc.reconciling)
+			}
+			stalled := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionStalled)
+			if diff := cmp.Diff(tc.stalled, stalled, ignoreTransitionTime); diff != "" {
+				t.Errorf("Stalled (-want +got):\n%s", diff)
+			}
+			if status.ObservedGeneration != generation {
+				t.Errorf("status.observedGeneration = %d, want %d", status.ObservedGeneration, generation)
+			}
+			for _, c := range status.Conditions {
+				if c.ObservedGeneration != generation {
+					t.Errorf("%s observedGeneration = %d, want %d", c.Type, c.ObservedGeneration, generation)
+				}
+			}
+			wantReplicas, wantReady := int32(0), int32(0)
+			if d := tc.obs.Deployment; d != nil {
+				wantReplicas, wantReady = d.Status.Replicas, d.Status.ReadyReplicas
+			}
+			if status.Replicas != wantReplicas || status.ReadyReplicas != wantReady {
+				t.Errorf("replicas/ready = %d/%d, want %d/%d", status.Replicas, status.ReadyReplicas, wantReplicas, wantReady)
+			}
+		})
+	}
+}
+
+func TestRecoveryRemovesStalled(t *testing.T) {
+	pm := testModel().DeepCopy()
+	pm.Generation = generation
+	stalled := servingObservation()
+	stalled.MemoryCoversWeights = false
+	pm.Status = computeStatus(pm, stalled)
+	if !meta.IsStatusConditionTrue(pm.Status.Conditions, mlv1alpha1.ConditionStalled) {
+		t.Fatal("setup: the model is not stalled")
+	}
+	recovered := servingObservation()
+	recovered.Pods = []corev1.Pod{unsealPod(0, ""), unsealPod(0, "")}
+	recovered.Deployment = availableDeployment(2)
+	status := computeStatus(pm, recovered)
+	if c := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionStalled); c != nil {
+		t.Errorf("Stalled still present after recovery: %+v", c)
+	}
+	if status.Phase != mlv1alpha1.ModelPhaseProtected {
+		t.Errorf("phase = %s, want Protected", status.Phase)
+	}
+}
+
+// TestComputeStatusIsStable is the pure half of "zero writes at steady
+// state": computing the status again from the same observation changes
+// nothing, transition times included, and the input is left alone.
+func TestComputeStatusIsStable(t *testing.T) {
+	observations := map[string]observation{
+		"serving":   with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")}; o.Deployment = availableDeployment(2) }),
+		"resolving": {Key: keyState{Resolving: true}, MemoryCoversWeights: true, PolicyApplied: true},
+		"stalled":   with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
+		"tampered":  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
+		"unschedulable": with(servingObservation(), func(o *observation) {
+			o.GPUCount, o.Pods = 8, []corev1.Pod{scheduling(corev1.ConditionFalse, corev1.PodReasonUnschedulable, "0/3 nodes are available")}
+		}),
+		"scaled to zero after serving": with(servingObservation(), func(o *observation) {
+			o.DesiredReplicas, o.Deployment = 0, availableDeployment(0)
+		}),
+	}
+	for name, obs := range observations {
+		t.Run(name, func(t *testing.T) {
+			pm := testModel().DeepCopy()
+			pm.Generation = generation
+			pm.Status = computeStatus(pm, obs)
+			// Age every transition, as if the status had been written long ago.
+			for i := range pm.Status.Conditions {
+				pm.Status.Conditions[i].LastTransitionTime = longAgo
+			}
+			before := pm.DeepCopy()
+			again := computeStatus(pm, obs)
+			if !equality.Semantic.DeepEqual(pm.Status, again) {
+				t.Errorf("second computation differs (-first +second):\n%s", cmp.Diff(pm.Status, again))
+			}
+			if diff := cmp.Diff(before, pm); diff != "" {
+				t.Errorf("computeStatus changed its input (-before +after):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestTransitionTimes(t *testing.T) {
+	pm := testModel().DeepCopy()
+	pm.Generation = generation
+	pm.Status.Conditions = []metav1.Condition{
+		// Same status, other reason and generation: the time stays.
+		{Type: mlv1alpha1.ConditionKeyAvailable, Status: metav1.ConditionTrue, Reason: "Old", Message: "old", ObservedGeneration: 1, LastTransitionTime: longAgo},
+		// Status flips: the time moves.
+		{Type: mlv1alpha1.ConditionNetworkIsolated, Status: metav1.ConditionFalse, Reason: mlv1alpha1.ReasonPolicyNotApplied, ObservedGeneration: 1, LastTransitionTime: longAgo},
+	}
+	status := computeStatus(pm, servingObservation())
+	key := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionKeyAvailable)
+	if !key.LastTransitionTime.Equal(&longAgo) {
+		t.Errorf("KeyAvailable kept its status but its transition time moved to %v", key.LastTransitionTime)
+	}
+	if key.Reason != mlv1alpha1.ReasonKeyUnwrapped || key.ObservedGeneration != generation {
+		t.Errorf("KeyAvailable = %s gen %d, want %s gen %d", key.Reason, key.ObservedGeneration, mlv1alpha1.ReasonKeyUnwrapped, generation)
+	}
+	isolated := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionNetworkIsolated)
+	if isolated.Status != metav1.ConditionTrue || !isolated.LastTransitionTime.After(longAgo.Time) {
+		t.Errorf("NetworkIsolated flipped to %s but its transition time is %v", isolated.Status, isolated.LastTransitionTime)
+	}
+}
+
+func TestProtectionSummary(t *testing.T) {
+	pm := testModel().DeepCopy()
+	pm.Spec.Access = &mlv1alpha1.Access{BreakGlassGroups: []string{"sre-oncall", "ml-security"}}
+	status := computeStatus(pm, servingObservation())
+	want := &mlv1alpha1.ProtectionSummary{
+		Cipher:      "AES-256-GCM (chunked, HKDF-SHA256 per-file keys)",
+		KeyProvider: mlv1alpha1.KeyProviderSecret,
+		Digest:      pm.Spec.Weights.Digest,
+		Isolation:   "default-deny NetworkPolicy (ingress and egress)",
+		ExecGuard:   "break-glass groups: sre-oncall, ml-security",
+	}
+	if diff := cmp.Diff(want, status.Protection); diff != "" {
+		t.Errorf("protection (-want +got):\n%s", diff)
+	}
+	unprotected := computeStatus(testModel(), with(servingObservation(), func(o *observation) { o.PolicyApplied = false }))
+	if unprotected.Protection.Isolation != "none" || unprotected.Protection.ExecGuard != "no break-glass groups" {
+		t.Errorf("protection without policy or access = %+v", unprotected.Protection)
+	}
+}
+
+// TestStatusNeverHoldsKeyMaterial: the status is computed while the data
+// key is in memory; no form of it may reach the status.
+func TestStatusNeverHoldsKeyMaterial(t *testing.T) {
+	for name, obs := range map[string]observation{
+		"serving":  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")} }),
+		"stalled":  with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
+		"tampered": with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
+	} {
+		data, err := json.Marshal(computeStatus(testModel(), obs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, form := range []string{string(testDEK), hex.EncodeToString(testDEK), base64.StdEncoding.EncodeToString(testDEK),
+			base64.RawURLEncoding.EncodeToString(testDEK), hex.EncodeToString(testDEK[:8])} {
+			if strings.Contains(string(data), form) {
+				t.Errorf("%s: status contains the data key as %q", name, form)
+			}
+		}
+	}
+}
+
+// TestClassifyUnsealError feeds the classifier the messages the sealing
+// package really produces.
+func TestClassifyUnsealError(t *testing.T) {
+	tests := []struct {
+		name    string
+		message string
+		want    string
+	}{
+		{"chunk failed authentication", tamperMessage, mlv1alpha1.ReasonBundleTampered},
+		{"truncated file", (&seal.ChunkError{Path: "weights/model-00002.safetensors", Chunk: 12, Err: seal.ErrTruncated, Detail: "4096 bytes missing"}).Error(), mlv1alpha1.ReasonBundleTampered},
+		{"data appended to a file", (&seal.ChunkError{Path: "model.safetensors", Chunk: 3, Err: seal.ErrExtended}).Error(), mlv1alpha1.ReasonBundleTampered},
+		{"file swapped from another bundle", (&seal.HeaderError{Path: "model.safetensors", Detail: "its salt differs: the sealed file was swapped, replaced, or belongs to another bundle"}).Error(), mlv1alpha1.ReasonBundleTampered},
+		{"manifest modified", fmt.Errorf("%s: %w", seal.ManifestName, seal.ErrManifestAuth).Error(), mlv1alpha1.ReasonBundleTampered},
+		{"tampered file whose name mentions a digest", (&seal.ChunkError{Path: "digests/model.safetensors", Chunk: 0, Err: seal.ErrAuthentication}).Error(), mlv1alpha1.ReasonBundleTampered},
+		{"another model", fmt.Errorf("%w: the bundle holds sha256:%s, expected sha256:%s", seal.ErrDigestMismatch, strings.Repeat("ab", 32), strings.Repeat("cd", 32)).Error(), mlv1alpha1.ReasonDigestMismatch},
+		{"bundle missing", "open /var/run/modelguard/bundle/manifest.json: no such file or directory", mlv1alpha1.ReasonUnsealFailed},
+		{"destination on disk", "DEST /var/run/modelguard/model is on ext4, not on a memory-backed file system (tmpfs or ramfs), so plaintext weights would reach disk", mlv1alpha1.ReasonUnsealFailed},
+		{"https download failed", `Get "https://models.example.com/v3/manifest.json": dial tcp 203.0.113.10:443: i/o timeout`, mlv1alpha1.ReasonUnsealFailed},
+		{"an I/O error inside a chunk", (&seal.ChunkError{Path: "model.safetensors", Chunk: 2, Err: fmt.Errorf("reading: %w", errors.New("input/output error"))}).Error(), mlv1alpha1.ReasonUnsealFailed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := classifyUnsealError(tc.message); got != tc.want {
+				t.Errorf("classifyUnsealError(%q) = %s, want %s", tc.message, got, tc.want)
+			}
+		})
+	}
+}
