@@ -120,7 +120,7 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 	if reason, _ := stallReason(obs); key.DEK != nil && reason == "" {
 		facts.DataKeyHash = children.DataKeyHash(key.DEK)
 		if _, err := applyIfChanged(ctx, r.Client, &corev1.Secret{ObjectMeta: objectMeta(pm, children.DataKeySecretName(pm))},
-			children.DataKeySecret(pm, key.DEK), corev1ac.ExtractSecret); err != nil {
+			children.DataKeySecret(pm, key.DEK, key.KEKID), corev1ac.ExtractSecret); err != nil {
 			return obs, err
 		}
 	} else if err := r.revokeDataKey(ctx, pm); err != nil {

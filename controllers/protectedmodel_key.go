@@ -34,6 +34,8 @@ type keyState struct {
 	BundleReason, BundleMessage string
 	// Resolving is true while the key-resolve Job runs.
 	Resolving bool
+	// KEKID identifies the key-encryption key that unwrapped DEK.
+	KEKID string
 }
 
 // resolvedKey is what `modelguard resolve-key` writes to its termination
@@ -53,6 +55,11 @@ func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha
 	}
 
 	manifestKey, state, err := r.manifestKey(ctx, pm)
+	if err == nil && state.Resolving {
+		if dek := r.currentDataKey(ctx, pm, provider.ID()); dek != nil {
+			return keyState{DEK: dek, ModelDigest: pm.Spec.Weights.Digest, KEKID: provider.ID()}, nil
+		}
+	}
 	if err != nil || state.Resolving || state.BundleReason != "" {
 		return state, err
 	}
@@ -67,7 +74,25 @@ func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha
 	if err != nil {
 		return keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: err.Error()}, nil
 	}
-	return keyState{DEK: dek, ModelDigest: manifestKey.ModelDigest}, nil
+	return keyState{DEK: dek, ModelDigest: manifestKey.ModelDigest, KEKID: provider.ID()}, nil
+}
+
+// currentDataKey returns the data key already in the model's data-key Secret
+// when it was unwrapped for the same bundle, digest and KEK, so that a
+// re-resolution that changes nothing of those does not stop the model.
+func (r *ProtectedModelReconciler) currentDataKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel, kekID string) []byte {
+	secret := &corev1.Secret{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: builder.DataKeySecretName(pm)}, secret); err != nil {
+		return nil
+	}
+	if secret.Annotations[builder.AnnotationBundleFingerprint] != builder.BundleFingerprint(pm, kekID) {
+		return nil
+	}
+	dek, err := keys.ParseDEK(secret.Data[builder.DataKeySecretKey])
+	if err != nil {
+		return nil
+	}
+	return dek
 }
 
 // keyProvider loads the key-encryption key named by the spec. A nil provider

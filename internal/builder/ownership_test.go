@@ -27,7 +27,7 @@ import (
 var objectBuilders = map[string]func(*mlv1alpha1.ProtectedModel) any{
 	"ServiceAccount": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ServiceAccount(pm) },
 	"DataKeySecret": func(pm *mlv1alpha1.ProtectedModel) any {
-		return builder.DataKeySecret(pm, []byte("0123456789abcdef0123456789abcdef"))
+		return builder.DataKeySecret(pm, []byte("0123456789abcdef0123456789abcdef"), "kek:0011223344556677")
 	},
 	"Service":       func(pm *mlv1alpha1.ProtectedModel) any { return builder.Service(pm) },
 	"NetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any { return builder.NetworkPolicy(pm) },

@@ -87,12 +87,31 @@ func ServiceAccount(pm *mlv1alpha1.ProtectedModel) *corev1ac.ServiceAccountApply
 		WithAutomountServiceAccountToken(false)
 }
 
+// AnnotationBundleFingerprint on the data-key Secret records which bundle,
+// digest and key-encryption key the data key was unwrapped for.
+const AnnotationBundleFingerprint = "modelguard.dev/bundle-fingerprint"
+
+// BundleFingerprint identifies a data key's provenance: the bundle location,
+// the expected digest, the key reference and the KEK's ID (a fingerprint, not
+// key material). While any of them is unchanged, a data key unwrapped before
+// stays valid, so the model keeps serving while a new key-resolve Job runs,
+// e.g. after an ownership edit or an operator upgrade.
+func BundleFingerprint(pm *mlv1alpha1.ProtectedModel, kekID string) string {
+	h := sha256.New()
+	for _, part := range []string{BundleLocation(pm), pm.Spec.Weights.Digest, keyReference(pm), kekID} {
+		h.Write([]byte(part))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
 // DataKeySecret holds the bundle's data key (never the key-encryption key),
-// mounted only by the unseal init container.
-func DataKeySecret(pm *mlv1alpha1.ProtectedModel, dek []byte) *corev1ac.SecretApplyConfiguration {
+// mounted only by the unseal init container. kekID is the ID of the KEK that
+// unwrapped it, recorded through BundleFingerprint.
+func DataKeySecret(pm *mlv1alpha1.ProtectedModel, dek []byte, kekID string) *corev1ac.SecretApplyConfiguration {
 	return corev1ac.Secret(DataKeySecretName(pm), pm.Namespace).
 		WithLabels(merge(CommonLabels(pm), map[string]string{mlv1alpha1.LabelDataKey: "true"})).
-		WithAnnotations(OwnershipAnnotations(pm)).
+		WithAnnotations(merge(OwnershipAnnotations(pm), map[string]string{AnnotationBundleFingerprint: BundleFingerprint(pm, kekID)})).
 		WithOwnerReferences(ownerReference(pm)).
 		WithType(corev1.SecretTypeOpaque).
 		WithImmutable(false).

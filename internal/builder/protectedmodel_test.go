@@ -798,7 +798,7 @@ func TestDataKeySecret(t *testing.T) {
 		t.Fatalf("test key has %d bytes", len(dek))
 	}
 	pm := model()
-	secret := asAPI[corev1.Secret](t, builder.DataKeySecret(pm, dek))
+	secret := asAPI[corev1.Secret](t, builder.DataKeySecret(pm, dek, "kek:0011223344556677"))
 	if secret.Name != "m-data-key" || secret.Namespace != testNamespace || builder.DataKeySecretName(pm) != "m-data-key" {
 		t.Errorf("Secret %s/%s, want %s/m-data-key", secret.Namespace, secret.Name, testNamespace)
 	}
@@ -811,6 +811,9 @@ func TestDataKeySecret(t *testing.T) {
 	want := map[string][]byte{"dek": []byte(base64.StdEncoding.EncodeToString(dek))}
 	if diff := cmp.Diff(want, secret.Data); diff != "" {
 		t.Errorf("data (-want +got):\n%s", diff)
+	}
+	if got, want := secret.Annotations[builder.AnnotationBundleFingerprint], builder.BundleFingerprint(pm, "kek:0011223344556677"); got != want {
+		t.Errorf("bundle fingerprint annotation = %q, want %q", got, want)
 	}
 	if len(secret.StringData) != 0 {
 		t.Errorf("stringData = %v, want none", secret.StringData)

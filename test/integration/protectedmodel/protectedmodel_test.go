@@ -634,3 +634,51 @@ func metaItems(list client.ObjectList) ([]client.Object, error) {
 	}
 	return out, nil
 }
+
+// TestOwnershipEditKeepsServing: an edit that changes the key-resolve pod
+// template but not the bundle, digest or key (here the copyright) starts a
+// new key-resolve Job, and the model keeps serving with the data key it has.
+func TestOwnershipEditKeepsServing(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("edited", ns))
+	jobs := &batchv1.JobList{}
+	if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil || len(jobs.Items) != 1 {
+		t.Fatalf("want one key-resolve Job before the edit, got %d (%v)", len(jobs.Items), err)
+	}
+	firstJob := jobs.Items[0].Name
+
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
+		t.Fatal(err)
+	}
+	pm.Spec.Ownership.Copyright = "(c) 2026 Acme Corp, all rights reserved"
+	if err := k8s.Update(ctx, pm); err != nil {
+		t.Fatalf("editing the copyright: %v", err)
+	}
+	eventually(t, "a new key-resolve Job replaces the old one", func() error {
+		if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		if len(jobs.Items) != 1 || jobs.Items[0].Name == firstJob {
+			return fmt.Errorf("%d Jobs, first %s", len(jobs.Items), jobs.Items[0].Name)
+		}
+		return nil
+	})
+	eventually(t, "the Deployment carries the new copyright", func() error {
+		d := getDeployment(t, pm)
+		if d.Annotations[mlv1alpha1.AnnotationCopyright] != pm.Spec.Ownership.Copyright {
+			return fmt.Errorf("copyright annotation %q", d.Annotations[mlv1alpha1.AnnotationCopyright])
+		}
+		return nil
+	})
+	// The new Job has not finished (no kubelet here); for several resyncs
+	// the model must keep its replicas and its data key.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if d := getDeployment(t, pm); *d.Spec.Replicas != 1 {
+			t.Fatalf("Deployment scaled to %d while re-resolving an unchanged bundle", *d.Spec.Replicas)
+		}
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, &corev1.Secret{}); err != nil {
+			t.Fatalf("data-key Secret gone while re-resolving an unchanged bundle: %v", err)
+		}
+	}
+}
