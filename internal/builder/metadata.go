@@ -50,8 +50,10 @@ func OwnershipAnnotations(pm *mlv1alpha1.ProtectedModel) map[string]string {
 		mlv1alpha1.AnnotationLicense:        o.License,
 		mlv1alpha1.AnnotationCopyright:      o.Copyright,
 		mlv1alpha1.AnnotationClassification: string(o.Classification),
-		mlv1alpha1.AnnotationPatents:        strings.Join(o.Patents, ","),
-		mlv1alpha1.AnnotationWeightsDigest:  pm.Spec.Weights.Digest,
+		// Patent numbers contain commas ("US 11,123,456 B2"), so the list
+		// is joined with semicolons.
+		mlv1alpha1.AnnotationPatents:       strings.Join(o.Patents, "; "),
+		mlv1alpha1.AnnotationWeightsDigest: pm.Spec.Weights.Digest,
 	}
 }
 

@@ -61,7 +61,7 @@ func TestEveryChildCarriesOwnership(t *testing.T) {
 			"modelguard.dev/license":        o.License,
 			"modelguard.dev/copyright":      o.Copyright,
 			"modelguard.dev/classification": string(o.Classification),
-			"modelguard.dev/patents":        strings.Join(o.Patents, ","),
+			"modelguard.dev/patents":        strings.Join(o.Patents, "; "),
 			"modelguard.dev/weights-digest": pm.Spec.Weights.Digest,
 		}
 		wantLabels := map[string]string{

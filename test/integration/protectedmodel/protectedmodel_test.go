@@ -510,7 +510,7 @@ func TestOwnershipOnEveryManagedObject(t *testing.T) {
 		mlv1alpha1.AnnotationLicense:        builders.DefaultLicense,
 		mlv1alpha1.AnnotationCopyright:      "(c) 2026 Acme Corp",
 		mlv1alpha1.AnnotationClassification: string(mlv1alpha1.ClassificationTradeSecret),
-		mlv1alpha1.AnnotationPatents:        "US1234567,EP7654321",
+		mlv1alpha1.AnnotationPatents:        "US1234567; EP7654321",
 		mlv1alpha1.AnnotationWeightsDigest:  pm.Spec.Weights.Digest,
 	}
 	wantLabels := map[string]string{
