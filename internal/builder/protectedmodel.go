@@ -300,7 +300,7 @@ func keyResolvePodTemplate(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFa
 			WithImagePullPolicy(corev1.PullIfNotPresent).
 			WithCommand(ModelguardBinary, "resolve-key", BundleLocation(pm)).
 			WithSecurityContext(hardenedContainerSecurityContext()).
-			WithTerminationMessagePolicy(corev1.TerminationMessageReadFile).
+			WithTerminationMessagePolicy(corev1.TerminationMessageFallbackToLogsOnError).
 			WithResources(corev1ac.ResourceRequirements().
 				WithRequests(corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")}).
 				WithLimits(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")})).

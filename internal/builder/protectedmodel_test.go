@@ -863,7 +863,7 @@ func TestKeyResolveJob(t *testing.T) {
 					Command:         []string{"/modelguard", "resolve-key", bundleMount + "/models/v3"},
 					SecurityContext: hardenedContainer(),
 					// The operator parses the message the command writes.
-					TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+					TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 					Resources: corev1.ResourceRequirements{
 						Requests: corev1.ResourceList{corev1.ResourceCPU: mustQuantity("10m"), corev1.ResourceMemory: mustQuantity("32Mi")},
 						Limits:   corev1.ResourceList{corev1.ResourceMemory: mustQuantity("128Mi")},
