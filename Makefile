@@ -138,5 +138,5 @@ test-e2e: cluster-deps cluster-images ## Run the e2e tests on the local cluster,
 ##@ Demo
 
 .PHONY: demo
-demo: build envtest-assets ## Run the operator on a local control plane, apply the samples and show protection status (DEMO_EXIT=1 to exit).
+demo: build envtest-assets cluster-deps cluster-images ## On the local cluster: operator, samples, a protected model serving, allowed vs denied clients (DEMO_EXIT=1 to exit; DEMO_MODE=control-plane for the no-root plumbing demo).
 	go run ./hack/demo
