@@ -12,27 +12,6 @@ import (
 	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
-// Image tarballs under the images dir, by file name.
-const (
-	pauseTarball      = "pause.tar"
-	demoServerTarball = "demo-server.tar"
-	modelGuardTarball = "modelguard.tar"
-)
-
-// imageTarballs lists the tarballs `up` imports: those `images` wrote.
-func imageTarballs(dir string) []string {
-	var out []string
-	for _, name := range []string{pauseTarball, demoServerTarball, modelGuardTarball} {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err == nil || name != modelGuardTarball {
-			// pause and demo-server are required (Up reports them missing);
-			// the ModelGuard image only when it was built.
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // goBuild builds a static binary; the Go build cache makes a warm run cheap.
 func goBuild(ctx context.Context, root, pkg, out, ldflags string) error {
 	args := []string{"build", "-trimpath", "-o", out}
@@ -65,14 +44,14 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 	binaries := []binary{
 		{pkg: "./test/images/pause", out: filepath.Join(binDir, "pause")},
 		{pkg: "./test/images/demo-server", out: filepath.Join(binDir, "demo-server")},
-		{pkg: "./test/images/fake-gpu-plugin", out: filepath.Join(dir, "fake-gpu-plugin")},
+		{pkg: "./test/images/fake-gpu-plugin", out: filepath.Join(dir, images.FakeGPUPluginBinary)},
 	}
 	if withModelGuard {
 		binaries = append(binaries,
 			binary{pkg: "./cmd/manager", out: filepath.Join(binDir, "manager"), ldflags: ldflags},
 			binary{pkg: "./cmd/modelguard", out: filepath.Join(binDir, "modelguard"), ldflags: ldflags, optional: true})
 	} else {
-		_ = os.Remove(filepath.Join(dir, modelGuardTarball))
+		_ = os.Remove(filepath.Join(dir, images.ModelGuardTarball))
 	}
 	built := map[string]bool{}
 	for _, b := range binaries {
@@ -89,12 +68,12 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 	}
 
 	specs := map[string]images.Spec{
-		pauseTarball: {
+		images.PauseTarball: {
 			Ref:        images.PauseRef,
 			Files:      []images.File{{Path: "/pause", Source: filepath.Join(binDir, "pause"), Mode: 0o755}},
 			Entrypoint: []string{"/pause"},
 		},
-		demoServerTarball: {
+		images.DemoServerTarball: {
 			Ref:        images.DemoServerRef,
 			Files:      []images.File{{Path: "/demo-server", Source: filepath.Join(binDir, "demo-server"), Mode: 0o755}},
 			Entrypoint: []string{"/demo-server"},
@@ -109,7 +88,7 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 		mg.Files = append(mg.Files, images.File{Path: "/modelguard", Source: filepath.Join(binDir, "modelguard"), Mode: 0o755})
 	}
 	if withModelGuard {
-		specs[modelGuardTarball] = mg
+		specs[images.ModelGuardTarball] = mg
 	}
 
 	for file, spec := range specs {

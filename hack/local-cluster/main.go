@@ -9,8 +9,8 @@
 //	local-cluster status    show components, node, GPUs and the kubeconfig path
 //	local-cluster env       print the export KUBECONFIG=... line
 //	local-cluster run -- CMD ARGS...
-//	                        bring the cluster up if it is not, run CMD with
-//	                        KUBECONFIG set, and tear down what it brought up,
+//	                        bring up a fresh cluster (tearing down one that is
+//	                        up), run CMD with KUBECONFIG set, and tear it down,
 //	                        whether CMD passes, fails or is interrupted
 //	local-cluster images    build the node's binaries and image tarballs
 //
@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/modelguard/modelguard/hack/local-cluster/cluster"
+	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
 func main() {
@@ -60,6 +61,7 @@ func run(args []string) error {
 	gpus := fl.Int("gpus", envInt("MODELGUARD_FAKE_GPUS", 2), "number of fake nvidia.com/gpu devices the node advertises (env MODELGUARD_FAKE_GPUS)")
 	imagesOut := fl.String("images-dir", "", "where `images` writes, and `up` imports, the image tarballs (default <repo>/bin/images)")
 	ldflags := fl.String("ldflags", "", "`images`: -ldflags for the ModelGuard binaries (version stamp)")
+	fresh := fl.Bool("fresh", false, "`up`: tear down a cluster that is already up instead of reusing it (`run` always starts fresh)")
 	withModelGuard := fl.Bool("modelguard-image", true, "`images`: also build the ModelGuard image (manager + modelguard)")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -78,8 +80,8 @@ func run(args []string) error {
 	cfg := cluster.DefaultConfig(root)
 	cfg.WorkDir = *workDir
 	cfg.GPUCount = *gpus
-	cfg.FakeGPUPlugin = filepath.Join(*imagesOut, "fake-gpu-plugin")
-	cfg.Images = imageTarballs(*imagesOut)
+	cfg.FakeGPUPlugin = filepath.Join(*imagesOut, images.FakeGPUPluginBinary)
+	cfg.Images = images.Tarballs(*imagesOut)
 
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "local-cluster: "+format+"\n", a...)
@@ -97,7 +99,7 @@ func run(args []string) error {
 	defer stop()
 	switch verb {
 	case "up":
-		err := c.Up(ctx)
+		err := c.Up(ctx, cluster.UpOptions{Fresh: *fresh})
 		if errors.Is(err, cluster.ErrAlreadyUp) {
 			logf("Already up")
 			err = nil
@@ -121,9 +123,8 @@ func run(args []string) error {
 	}
 }
 
-// runWithCluster runs a command against the cluster, bringing it up first if
-// needed, and tears down what it brought up even when the command fails or
-// the run is interrupted.
+// runWithCluster runs a command against a fresh cluster and tears it down
+// even when the command fails or the run is interrupted.
 func runWithCluster(ctx context.Context, c *cluster.Cluster, argv []string, logf func(string, ...any)) (err error) {
 	if len(argv) > 0 && argv[0] == "--" {
 		argv = argv[1:]
@@ -132,22 +133,16 @@ func runWithCluster(ctx context.Context, c *cluster.Cluster, argv []string, logf
 		return errors.New("run needs a command: local-cluster run -- go test ./test/e2e/...")
 	}
 	began := time.Now()
-	upErr := c.Up(ctx)
-	broughtUp := upErr == nil
-	if errors.Is(upErr, cluster.ErrAlreadyUp) {
-		logf("Using the cluster that is already up; it stays up afterwards")
-		upErr = nil
+	// Always a fresh cluster: the command sees this clone's binaries and
+	// images and no objects from before, and the cluster is gone afterwards.
+	if err := c.Up(ctx, cluster.UpOptions{Fresh: true}); err != nil {
+		return err
 	}
-	if upErr != nil {
-		return upErr
-	}
-	if broughtUp {
-		defer func() {
-			if derr := c.Down(context.WithoutCancel(ctx)); derr != nil {
-				err = errors.Join(err, fmt.Errorf("tearing down: %w", derr))
-			}
-		}()
-	}
+	defer func() {
+		if derr := c.Down(context.WithoutCancel(ctx)); derr != nil {
+			err = errors.Join(err, fmt.Errorf("tearing down: %w", derr))
+		}
+	}()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Config().KubeconfigPath())

@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
 // Config describes one local cluster. Zero fields take the defaults of
@@ -77,14 +79,17 @@ const (
 	CNINetworkName = "modelguard"
 )
 
-// DefaultConfig returns the defaults for a repository at repoRoot.
+// DefaultConfig returns the defaults for a repository at repoRoot: binaries
+// under its bin/, images from bin/images (`local-cluster images`), and the
+// work dir from MODELGUARD_CLUSTER_DIR or DefaultWorkDir.
 func DefaultConfig(repoRoot string) Config {
 	host, _ := os.Hostname()
 	return Config{
-		WorkDir:       DefaultWorkDir,
+		WorkDir:       workDirFromEnv(),
 		K8sBinDir:     filepath.Join(repoRoot, "bin", "k8s", "1.37.2"),
 		KubeRouter:    filepath.Join(repoRoot, "bin", "kube-router", "v2.1.0", "kube-router"),
-		FakeGPUPlugin: filepath.Join(repoRoot, "bin", "images", "fake-gpu-plugin"),
+		FakeGPUPlugin: filepath.Join(repoRoot, "bin", "images", images.FakeGPUPluginBinary),
+		Images:        images.Tarballs(filepath.Join(repoRoot, "bin", "images")),
 		NodeName:      host,
 		PodCIDR:       DefaultPodCIDR,
 		BridgeIP:      DefaultBridgeIP,
@@ -103,6 +108,13 @@ func DefaultConfig(repoRoot string) Config {
 		StopTimeout:   20 * time.Second,
 		KubernetesVer: "v1.37.2",
 	}
+}
+
+func workDirFromEnv() string {
+	if d := os.Getenv("MODELGUARD_CLUSTER_DIR"); d != "" {
+		return d
+	}
+	return DefaultWorkDir
 }
 
 // Validate checks what can be checked without touching the host.
@@ -189,6 +201,11 @@ func (c Config) paths() Paths {
 
 // Paths returns the cluster's paths.
 func (c Config) Paths() Paths { return c.paths() }
+
+// ScratchDir is a directory for a demo's or a test's files on the node
+// (e.g. a hostPath PersistentVolume). Down removes it with the rest of the
+// run.
+func (c Config) ScratchDir() string { return filepath.Join(c.runDir(), "scratch") }
 
 // runDir holds everything a run creates and Down removes.
 func (c Config) runDir() string { return filepath.Join(c.WorkDir, "run") }

@@ -146,10 +146,21 @@ func (c *Cluster) lock() (func(), error) {
 // running; it is left as it is.
 var ErrAlreadyUp = errors.New("the local cluster is already up")
 
+// UpOptions tune Up.
+type UpOptions struct {
+	// Fresh tears down a cluster that is already up, healthy or not, instead
+	// of reusing it: the tests get a cluster of this clone's binaries and
+	// images, with no objects left from before.
+	Fresh bool
+}
+
 // Up brings the cluster up and returns once pods can run: the node is Ready
-// with its fake GPUs, and every component answers its health check. On
-// failure it tears down what it started, so that the host is left as found.
-func (c *Cluster) Up(ctx context.Context) error {
+// with its fake GPUs, and every component answers its health check. A
+// healthy cluster that is already up is kept (ErrAlreadyUp) unless
+// opts.Fresh; the remains of a run that died are cleaned up first, from its
+// records. On failure Up tears down what it started, so that the host is left
+// as found.
+func (c *Cluster) Up(ctx context.Context, opts UpOptions) error {
 	if err := c.checkHost(); err != nil {
 		return err
 	}
@@ -164,10 +175,15 @@ func (c *Cluster) Up(ctx context.Context) error {
 		return err
 	}
 	if prev != nil {
-		if c.healthy(ctx, prev) == nil {
+		healthy := c.healthy(ctx, prev) == nil
+		switch {
+		case healthy && !opts.Fresh:
 			return ErrAlreadyUp
+		case healthy:
+			c.logf("A cluster is already up (started %s); tearing it down for a fresh one", prev.Started.Format(time.RFC3339))
+		default:
+			c.logf("Found the records of an earlier run (started %s) that was not torn down; cleaning up from them", prev.Started.Format(time.RFC3339))
 		}
-		c.logf("Found the records of an earlier run (started %s) that was not torn down; cleaning up from them", prev.Started.Format(time.RFC3339))
 		if err := c.teardown(ctx, prev); err != nil {
 			return fmt.Errorf("cleaning up the earlier run: %w", err)
 		}
@@ -294,6 +310,17 @@ func (c *Cluster) writeFiles() error {
 	p := c.p
 	if err := os.RemoveAll(c.cfg.runDir()); err != nil {
 		return fmt.Errorf("clearing %s: %w", c.cfg.runDir(), err)
+	}
+	// Keep one generation of logs: a failed Up tears down, and the next Up
+	// must not overwrite what explains the failure.
+	if fileExists(p.Logs) {
+		previous := p.Logs + ".previous"
+		if err := os.RemoveAll(previous); err != nil {
+			return fmt.Errorf("clearing %s: %w", previous, err)
+		}
+		if err := os.Rename(p.Logs, previous); err != nil {
+			return fmt.Errorf("keeping the previous logs: %w", err)
+		}
 	}
 	for _, d := range []string{p.Logs, p.Configs, p.Kubeconfigs, p.EtcdData, p.ContainerdRoot, p.ContainerdState, p.RuncRoot, p.KubeletDir, p.PodLogs, p.VolumePlugins, p.CNIConfDir, p.CNIIPAMDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -461,6 +488,15 @@ func (c *Cluster) up(ctx context.Context) error {
 	}
 	// kube-router reads the Node object at start, and the device plugin
 	// registers on the kubelet's socket, so both wait for the kubelet.
+	// kube-router also waits for kube-proxy's first sync: both rewrite
+	// iptables, and a restore that races another can fail and wait for the
+	// next sync period.
+	if err := c.waitFor(ctx, proxy, timeout, httpHealthy("http://127.0.0.1:10256/healthz")); err != nil {
+		return err
+	}
+	if err := c.waitFor(ctx, proxy, timeout, c.apiServiceProgrammed); err != nil {
+		return err
+	}
 	router, err := c.start("kube-router", c.cfg.KubeRouter, c.cfg.kubeRouterArgs()...)
 	if err != nil {
 		return err
@@ -476,12 +512,10 @@ func (c *Cluster) up(ctx context.Context) error {
 	}{
 		{scheduler, httpsHealthy("https://127.0.0.1:10259/healthz")},
 		{controllerManager, httpsHealthy("https://127.0.0.1:10257/healthz")},
-		{proxy, httpHealthy("http://127.0.0.1:10256/healthz")},
 		{router, httpHealthy(fmt.Sprintf("http://127.0.0.1:%d/healthz", KubeRouterHealthPort))},
 		{kubelet, func(ctx context.Context) error { return c.nodeReady(ctx, client) }},
 		{plugin, func(ctx context.Context) error { return c.gpusAdvertised(ctx, client) }},
 		{controllerManager, func(ctx context.Context) error { return c.serviceAccountsReady(ctx, client) }},
-		{proxy, func(ctx context.Context) error { return c.apiServiceProgrammed(ctx) }},
 	}
 	for _, ch := range checks {
 		if err := c.waitFor(ctx, ch.proc, timeout, ch.check); err != nil {

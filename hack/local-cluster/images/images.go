@@ -224,6 +224,31 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// File names under the images dir (bin/images): the tarballs the local
+// cluster imports, and the fake GPU device plugin, which runs on the host.
+const (
+	PauseTarball        = "pause.tar"
+	DemoServerTarball   = "demo-server.tar"
+	ModelGuardTarball   = "modelguard.tar"
+	FakeGPUPluginBinary = "fake-gpu-plugin"
+)
+
+// Tarballs lists the tarballs the local cluster imports from dir: pause and
+// the demo server always (the cluster reports them missing), the ModelGuard
+// image when it was built.
+func Tarballs(dir string) []string {
+	out := []string{filepath.Join(dir, PauseTarball), filepath.Join(dir, DemoServerTarball)}
+	if mg := filepath.Join(dir, ModelGuardTarball); fileExists(mg) {
+		out = append(out, mg)
+	}
+	return out
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // References of the images the local cluster imports. Pods use them with
 // imagePullPolicy Never (or IfNotPresent): there is no registry to pull from.
 const (
