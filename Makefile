@@ -51,7 +51,7 @@ vet: ## Run go vet.
 ##@ Test
 
 .PHONY: test
-test: fmt-check vet test-unit ## Run every check and test suite (what CI runs).
+test: fmt-check vet test-unit test-e2e ## Run every check and test suite (what CI runs): unit, integration, and e2e on the local cluster.
 
 .PHONY: test-unit
 test-unit: generate manifests envtest-assets ## Run unit and envtest integration tests against the real kube-apiserver.
