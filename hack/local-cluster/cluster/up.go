@@ -717,8 +717,9 @@ func (c *Cluster) apiServiceProgrammed(ctx context.Context) error {
 	return nil
 }
 
-// importedStamp records which image tarballs containerd's root (kept between
-// runs) already holds, so that a warm Up skips re-importing them.
+// importedStamp maps image references to the SHA-256 of the tarball that
+// containerd's root (kept between runs) holds them from, so that a warm Up
+// skips re-importing them.
 type importedStamp map[string]string
 
 func (c *Cluster) importImages(ctx context.Context) error {
@@ -744,7 +745,10 @@ func (c *Cluster) importImages(ctx context.Context) error {
 		for _, r := range refs {
 			allPresent = allPresent && present[r]
 		}
-		if stamp[img] == sum && allPresent {
+		// Keyed by the references, not the path: another clone's identical
+		// tarball needs no import either.
+		key := strings.Join(refs, ",")
+		if stamp[key] == sum && allPresent {
 			continue
 		}
 		began := time.Now()
@@ -752,7 +756,7 @@ func (c *Cluster) importImages(ctx context.Context) error {
 			return fmt.Errorf("importing %s into containerd: %w", img, err)
 		}
 		c.logf("Imported %s (%s) in %.1fs", filepath.Base(img), strings.Join(refs, ", "), time.Since(began).Seconds())
-		stamp[img] = sum
+		stamp[key] = sum
 	}
 	data, err := json.MarshalIndent(stamp, "", "  ")
 	if err != nil {
