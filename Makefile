@@ -13,6 +13,16 @@ export MODELGUARD_CACHE ?= $(HOME)/.cache/modelguard
 export KUBEBUILDER_ASSETS := $(K8S_BIN)
 
 CONTROLLER_GEN := $(BIN)/controller-gen
+# Tests find helm and kustomize through these variables and fail, naming the
+# make target, when they are missing.
+export HELM := $(BIN)/helm
+export KUSTOMIZE := $(BIN)/kustomize
+K8S_MINOR := $(word 2,$(subst ., ,$(K8S_VERSION)))
+IMG ?= modelguard:$(VERSION)
+# The chart's ServiceMonitor and PodMonitor are dry-run applied against the
+# real prometheus-operator CRDs, taken from its Go module.
+PROMETHEUS_OPERATOR_VERSION := v0.85.0
+export MONITORING_CRDS := $(BIN)/crds/monitoring.coreos.com-$(PROMETHEUS_OPERATOR_VERSION)
 GO_LDFLAGS := -X github.com/modelguard/modelguard/internal/version.Version=$(VERSION)
 
 ##@ General
@@ -31,13 +41,27 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy and applyconfiguration code for
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the Go types and markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=manager-role paths=./controllers/... output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=manager-role paths="./controllers/...;./internal/metrics/..." output:rbac:artifacts:config=config/rbac
 
 .PHONY: verify
-verify: generate manifests fmt-check ## Fail when generated files are stale or Go files are not gofmt'ed.
-	@if [ -n "$$(git status --porcelain -- api config)" ]; then \
-	  echo "Generated files are stale; run 'make generate manifests' and commit:"; \
-	  git status --porcelain -- api config; git --no-pager diff --stat -- api config; exit 1; fi
+verify: generate manifests helm-sync argocd-cm fmt-check ## Fail when generated files are stale or Go files are not gofmt'ed.
+	@if [ -n "$$(git status --porcelain -- api config charts)" ]; then \
+	  echo "Generated files are stale; run 'make generate manifests helm-sync argocd-cm' and commit:"; \
+	  git status --porcelain -- api config charts; git --no-pager diff --stat -- api config charts; exit 1; fi
+
+.PHONY: helm-sync
+helm-sync: manifests ## Copy the generated CRDs and manager RBAC rules from config/ into the Helm chart.
+	cp config/crd/bases/*.yaml charts/modelguard/crds/
+	cp config/rbac/role.yaml charts/modelguard/files/manager-role.yaml
+
+.PHONY: argocd-cm
+argocd-cm: ## Regenerate the Argo CD argocd-cm patch from the health.lua checks in config/argocd.
+	hack/argocd-cm.sh > config/argocd/argocd-cm-patch.yaml
+
+.PHONY: helm-lint
+helm-lint: $(HELM) ## Lint the Helm chart with default values and with every option set.
+	$(HELM) lint --strict charts/modelguard
+	$(HELM) lint --strict charts/modelguard -f charts/modelguard/ci/all-options-values.yaml
 
 .PHONY: fmt-check
 fmt-check: ## Fail when a Go file is not gofmt'ed.
@@ -54,7 +78,7 @@ vet: ## Run go vet.
 test: fmt-check vet test-unit test-e2e ## Run every check and test suite (what CI runs): unit, integration, and e2e on the local cluster.
 
 .PHONY: test-unit
-test-unit: generate manifests envtest-assets ## Run unit and envtest integration tests against the real kube-apiserver.
+test-unit: generate manifests envtest-assets $(HELM) $(KUSTOMIZE) $(MONITORING_CRDS) ## Run unit and envtest integration tests against the real kube-apiserver.
 	go test ./... -count=1
 
 .PHONY: envtest-assets
@@ -74,6 +98,32 @@ build: generate ## Build the manager and the modelguard CLI into bin/.
 
 $(CONTROLLER_GEN): hack/tools/dev/go.mod hack/tools/dev/go.sum
 	cd hack/tools/dev && go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
+
+# The -X flags do what Helm's own Makefile does: report the pinned version and
+# assume the Kubernetes version we test against when no cluster is asked.
+$(HELM): hack/tools/dev/go.mod hack/tools/dev/go.sum
+	cd hack/tools/dev && go build -o $(HELM) -ldflags "\
+	  -X helm.sh/helm/v3/internal/version.version=$$(go list -m -f '{{.Version}}' helm.sh/helm/v3) \
+	  -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(K8S_MINOR) \
+	  -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(K8S_MINOR)" \
+	  helm.sh/helm/v3/cmd/helm
+
+$(KUSTOMIZE): hack/tools/dev/go.mod hack/tools/dev/go.sum
+	cd hack/tools/dev && go build -o $(KUSTOMIZE) sigs.k8s.io/kustomize/kustomize/v5
+
+$(MONITORING_CRDS):
+	tmp=$$(mktemp -d); \
+	  dir=$$(cd "$$tmp" && go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  rmdir "$$tmp"; test -n "$$dir"; \
+	  mkdir -p $@.tmp && cp "$$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors}.yaml $@.tmp/ && \
+	  chmod u+w $@.tmp/* && mv $@.tmp $@
+
+.PHONY: tools
+tools: $(CONTROLLER_GEN) $(HELM) $(KUSTOMIZE) ## Build controller-gen, helm and kustomize into bin/.
+
+.PHONY: docker-build
+docker-build: ## Build the one image that is both the operator and the unseal image (needs Docker; IMG=modelguard:$(VERSION)).
+	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
 
 ##@ Deployment
 

@@ -13,11 +13,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/controllers"
+	mgmetrics "github.com/modelguard/modelguard/internal/metrics"
 	"github.com/modelguard/modelguard/internal/version"
 )
 
@@ -36,6 +38,7 @@ func run() error {
 		enableLeaderElection bool
 		leaderElectionNS     string
 		unsealImage          string
+		watchNamespaces      string
 		showVersion          bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0",
@@ -50,6 +53,8 @@ func run() error {
 		"Namespace of the leader-election Lease; defaults to the manager's own namespace.")
 	flag.StringVar(&unsealImage, "unseal-image", "modelguard:"+version.Version,
 		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
+	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
+		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
 	flag.BoolVar(&showVersion, "version", false, "Print the version and exit.")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -75,9 +80,18 @@ func run() error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 
+	cacheOpts := controllers.CacheOptions()
+	namespaces, err := parseNamespaces(watchNamespaces)
+	if err != nil {
+		return fmt.Errorf("--watch-namespaces: %w", err)
+	}
+	if len(namespaces) > 0 {
+		cacheOpts.DefaultNamespaces = namespaces
+	}
+
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
-		Cache:                   controllers.CacheOptions(),
+		Cache:                   cacheOpts,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          enableLeaderElection,
@@ -89,6 +103,11 @@ func run() error {
 	}
 	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage}); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
+	}
+	// The collector reads the manager's cache at scrape time, so the
+	// reconcilers make no metrics calls.
+	if err := ctrlmetrics.Registry.Register(mgmetrics.NewCollector(mgr.GetCache())); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding health check: %w", err)
