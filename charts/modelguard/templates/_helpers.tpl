@@ -1,0 +1,59 @@
+{{/*
+Name prefix of every object: the release name, with the chart name appended
+unless the release name already contains it. Kubernetes names are capped at
+63 characters for labels, so it is truncated there.
+*/}}
+{{- define "modelguard.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelguard.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "modelguard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/*
+Selector labels of the operator pods. They never change between releases,
+because a Deployment's selector is immutable.
+*/}}
+{{- define "modelguard.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: manager
+{{- end -}}
+
+{{- define "modelguard.serviceAccountName" -}}
+{{ include "modelguard.fullname" . }}-controller-manager
+{{- end -}}
+
+{{- define "modelguard.image" -}}
+{{- $repo := .Values.image.repository -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelguard.unsealImage" -}}
+{{- default (include "modelguard.image" .) .Values.unsealImage -}}
+{{- end -}}
+
+{{/*
+The manager's rules, copied from config/rbac/role.yaml (generated from the
+controllers' +kubebuilder:rbac markers) by `make helm-sync`, so that the chart
+grants exactly what the kustomize install grants.
+*/}}
+{{- define "modelguard.managerRules" -}}
+{{- $role := .Files.Get "files/manager-role.yaml" | fromYaml -}}
+{{- if not $role.rules -}}
+{{- fail "files/manager-role.yaml has no rules: run `make helm-sync`" -}}
+{{- end -}}
+{{- toYaml $role.rules -}}
+{{- end -}}

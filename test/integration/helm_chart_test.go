@@ -1,0 +1,367 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	chartDir          = "charts/modelguard"
+	allOptionsValues  = "charts/modelguard/ci/all-options-values.yaml"
+	chartReleaseName  = "modelguard"
+	chartCRDProtected = "CustomResourceDefinition protectedmodels.ml.modelguard.dev"
+	chartCRDTraining  = "CustomResourceDefinition trainingjobs.ml.modelguard.dev"
+)
+
+// helmTemplate renders the chart as `helm install` would, CRDs included.
+func helmTemplate(t *testing.T, namespace string, args ...string) string {
+	t.Helper()
+	base := []string{"template", chartReleaseName, chartDir, "--namespace", namespace, "--include-crds"}
+	return runTool(t, helmEnv(t), helmPath(t), append(base, args...)...)
+}
+
+func TestHelmLint(t *testing.T) {
+	for _, values := range [][]string{nil, {"--values", allOptionsValues}} {
+		t.Run(strings.Join(append([]string{"defaults"}, values...), " "), func(t *testing.T) {
+			// --strict turns lint warnings into failures.
+			out := runTool(t, helmEnv(t), helmPath(t), append([]string{"lint", "--strict", chartDir}, values...)...)
+			if !strings.Contains(out, "1 chart(s) linted, 0 chart(s) failed") {
+				t.Errorf("helm lint output:\n%s", out)
+			}
+			if strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Errorf("helm lint reports problems:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestHelmChartInSyncWithConfig checks what `make verify` also checks, so
+// that `make test` fails on a chart that `make helm-sync` would change: the
+// chart's CRDs are byte-identical to the generated ones, and it grants the
+// manager exactly the RBAC rules generated from the controllers' markers.
+func TestHelmChartInSyncWithConfig(t *testing.T) {
+	generated, err := filepath.Glob(filepath.Join(env.RepoRoot, "config/crd/bases/*.yaml"))
+	if err != nil || len(generated) == 0 {
+		t.Fatalf("no generated CRDs in config/crd/bases (err %v)", err)
+	}
+	inChart, err := filepath.Glob(filepath.Join(env.RepoRoot, chartDir, "crds/*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(paths []string) []string {
+		out := make([]string, len(paths))
+		for i, p := range paths {
+			out[i] = filepath.Base(p)
+		}
+		return out
+	}
+	if diff := cmp.Diff(names(generated), names(inChart)); diff != "" {
+		t.Errorf("CRD files differ between config/crd/bases and the chart; run `make helm-sync` (-config +chart):\n%s", diff)
+	}
+	for _, p := range generated {
+		assertSameBytes(t, p, filepath.Join(env.RepoRoot, chartDir, "crds", filepath.Base(p)))
+	}
+	assertSameBytes(t, filepath.Join(env.RepoRoot, "config/rbac/role.yaml"), filepath.Join(env.RepoRoot, chartDir, "files/manager-role.yaml"))
+
+	// And the render really uses those rules, cluster-wide and per namespace.
+	want := readRole(t, filepath.Join(env.RepoRoot, "config/rbac/role.yaml")).Rules
+	objs := splitYAML(t, helmTemplate(t, "modelguard-system"))
+	role := fromRendered[rbacv1.ClusterRole](t, findRendered(t, objs, "ClusterRole", "modelguard-manager-role"))
+	if diff := cmp.Diff(want, role.Rules); diff != "" {
+		t.Errorf("chart ClusterRole rules differ from config/rbac/role.yaml (-want +got):\n%s", diff)
+	}
+	objs = splitYAML(t, helmTemplate(t, "mg-all", "--values", allOptionsValues))
+	for _, o := range objs {
+		if o.GetKind() == "Role" && o.GetName() == "modelguard-manager-role" {
+			if diff := cmp.Diff(want, fromRendered[rbacv1.Role](t, o.Unstructured).Rules); diff != "" {
+				t.Errorf("chart Role in %s differs from config/rbac/role.yaml (-want +got):\n%s", o.GetNamespace(), diff)
+			}
+		}
+	}
+}
+
+func assertSameBytes(t *testing.T, want, got string) {
+	t.Helper()
+	a, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(got)
+	if err != nil {
+		t.Fatalf("%v: run `make helm-sync`", err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Errorf("%s is not a copy of %s: run `make helm-sync`", got, want)
+	}
+}
+
+func readRole(t *testing.T, path string) *rbacv1.ClusterRole {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.ClusterRole{}
+	if err := yaml.Unmarshal(bytes.TrimPrefix(data, []byte("---\n")), role); err != nil {
+		t.Fatalf("parsing %s: %v", path, err)
+	}
+	return role
+}
+
+var monitoringCRDsOnce sync.Once
+
+// installMonitoringCRDs installs prometheus-operator's ServiceMonitor and
+// PodMonitor CRDs (from its Go module, fetched by make), so that the chart's
+// monitors are validated against their real schemas.
+func installMonitoringCRDs(t *testing.T) {
+	t.Helper()
+	dir := os.Getenv("MONITORING_CRDS")
+	if dir == "" {
+		t.Fatal("MONITORING_CRDS is not set: run the tests through `make test`, which fetches prometheus-operator's CRDs")
+	}
+	var failure string
+	monitoringCRDsOnce.Do(func() {
+		k := newKubectl(t)
+		if out, err := k.run("apply", "--server-side", "-f", dir); err != nil {
+			failure = "installing monitoring CRDs from " + dir + ": " + err.Error() + "\n" + out
+			return
+		}
+		if out, err := k.run("wait", "--for=condition=Established", "--timeout=60s",
+			"crd/servicemonitors.monitoring.coreos.com", "crd/podmonitors.monitoring.coreos.com"); err != nil {
+			failure = "waiting for monitoring CRDs: " + err.Error() + "\n" + out
+		}
+	})
+	if failure != "" {
+		t.Fatal(failure)
+	}
+}
+
+// TestHelmTemplateServerDryRun renders the chart with several value sets and
+// applies each render to the real API server with a server-side dry run.
+func TestHelmTemplateServerDryRun(t *testing.T) {
+	common := []string{chartCRDProtected, chartCRDTraining}
+	tests := []struct {
+		name      string
+		namespace string
+		// watched namespaces that must exist for namespaced Roles.
+		watched []string
+		args    []string
+		want    []string
+		// wantArgs are manager arguments the values must produce.
+		wantArgs []string
+	}{
+		{
+			name:      "default values",
+			namespace: "modelguard-system",
+			want: append(common,
+				"ServiceAccount modelguard-system/modelguard-controller-manager",
+				"ClusterRole modelguard-manager-role",
+				"ClusterRoleBinding modelguard-manager-rolebinding",
+				"Role modelguard-system/modelguard-leader-election-role",
+				"RoleBinding modelguard-system/modelguard-leader-election-rolebinding",
+				"ClusterRole modelguard-metrics-auth-role",
+				"ClusterRoleBinding modelguard-metrics-auth-rolebinding",
+				"ClusterRole modelguard-metrics-reader",
+				"Service modelguard-system/modelguard-controller-manager-metrics-service",
+				"Deployment modelguard-system/modelguard-controller-manager",
+			),
+			wantArgs: []string{
+				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
+				"--metrics-secure=true", "--unseal-image=modelguard:0.1.0", "--zap-log-level=info",
+			},
+		},
+		{
+			name:      "every option set",
+			namespace: "mg-all",
+			watched:   []string{"team-a", "team-b"},
+			args:      []string{"--values", allOptionsValues},
+			want: append(common,
+				"ServiceAccount mg-all/modelguard-controller-manager",
+				"Role team-a/modelguard-manager-role",
+				"RoleBinding team-a/modelguard-manager-rolebinding",
+				"Role team-b/modelguard-manager-role",
+				"RoleBinding team-b/modelguard-manager-rolebinding",
+				"Role mg-all/modelguard-leader-election-role",
+				"RoleBinding mg-all/modelguard-leader-election-rolebinding",
+				"ClusterRole modelguard-metrics-auth-role",
+				"ClusterRoleBinding modelguard-metrics-auth-rolebinding",
+				"ClusterRole modelguard-metrics-reader",
+				"Service mg-all/modelguard-controller-manager-metrics-service",
+				"Deployment mg-all/modelguard-controller-manager",
+				"ServiceMonitor mg-all/modelguard-controller-manager",
+				"PodMonitor mg-all/modelguard-models",
+			),
+			wantArgs: []string{
+				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:9443",
+				"--metrics-secure=true", "--unseal-image=registry.example.com/acme/modelguard-unseal:0.1.0-rc.1",
+				"--zap-log-level=debug", "--watch-namespaces=team-a,team-b",
+			},
+		},
+		{
+			name:      "metrics and leader election off",
+			namespace: "mg-plain",
+			args: []string{"--set", "metrics.enabled=false", "--set", "leaderElection.enabled=false",
+				"--set", "image.tag=dev", "--set", "logLevel=5"},
+			want: append(common,
+				"ServiceAccount mg-plain/modelguard-controller-manager",
+				"ClusterRole modelguard-manager-role",
+				"ClusterRoleBinding modelguard-manager-rolebinding",
+				"Deployment mg-plain/modelguard-controller-manager",
+			),
+			wantArgs: []string{
+				"--leader-elect=false", "--health-probe-bind-address=:8081", "--metrics-bind-address=0",
+				"--unseal-image=modelguard:dev", "--zap-log-level=5",
+			},
+		},
+	}
+	installMonitoringCRDs(t)
+	k := newKubectl(t)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, ns := range append([]string{tc.namespace}, tc.watched...) {
+				ensureNamespace(t, env.Client, ns, nil)
+			}
+			render := helmTemplate(t, tc.namespace, tc.args...)
+			objs := splitYAML(t, render)
+			got, want := objectIDs(objs), slices.Clone(tc.want)
+			sort.Strings(got)
+			sort.Strings(want)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("rendered objects (-want +got):\n%s", diff)
+			}
+
+			out := serverDryRunApply(t, k, render)
+			assertAllApplied(t, objs, out)
+
+			d := fromRendered[appsv1.Deployment](t, findRendered(t, objs, "Deployment", "modelguard-controller-manager"))
+			if diff := cmp.Diff(tc.wantArgs, d.Spec.Template.Spec.Containers[0].Args); diff != "" {
+				t.Errorf("manager args (-want +got):\n%s", diff)
+			}
+			assertManagerAcceptsArgs(t, d.Spec.Template.Spec.Containers[0].Args)
+			assertPodPassesRestricted(t, d)
+		})
+	}
+}
+
+var managerFlagPattern = regexp.MustCompile(`(?m)^\s+-(-?[a-z][a-z0-9-]*)`)
+
+// assertManagerAcceptsArgs checks every flag the chart passes against the
+// manager binary's own --help, so a renamed or missing flag fails here
+// rather than in a crash-looping pod.
+func assertManagerAcceptsArgs(t *testing.T, args []string) {
+	t.Helper()
+	bin := filepath.Join(binariesFromDockerfile(t), "manager")
+	_, help, _ := runToolErr(nil, bin, "--help")
+	known := map[string]bool{}
+	for _, m := range managerFlagPattern.FindAllStringSubmatch(help, -1) {
+		known[strings.TrimPrefix(m[1], "-")] = true
+	}
+	if !known["metrics-bind-address"] {
+		t.Fatalf("could not read the manager's flags from --help:\n%s", help)
+	}
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		if !known[name] {
+			t.Errorf("the chart passes %s, which the manager does not accept", a)
+		}
+	}
+}
+
+// TestHelmValuesRejected checks that bad values fail the render with a
+// message naming the problem, instead of installing a broken operator.
+func TestHelmValuesRejected(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr []string
+	}{
+		{"replicas of the wrong type", []string{"--set", "replicas=two"}, []string{"/replicas", "want integer"}},
+		{"unknown value", []string{"--set", "metrics.prot=8443"}, []string{"/metrics", "additional properties 'prot' not allowed"}},
+		{"unknown log level", []string{"--set", "logLevel=verbose"}, []string{"/logLevel"}},
+		{"namespace that is not a DNS label", []string{"--set", "watchNamespaces={Team_A}"}, []string{"/watchNamespaces/0"}},
+		{"pull policy typo", []string{"--set", "image.pullPolicy=Sometimes"}, []string{"/image/pullPolicy"}},
+		{"toleration with an unknown effect", []string{"--set-json", `tolerations=[{"key":"a","operator":"Exists","effect":"NoWay"}]`}, []string{"/tolerations/0/effect"}},
+		{"several replicas without leader election", []string{"--set", "replicas=2", "--set", "leaderElection.enabled=false"},
+			[]string{"replicas > 1 needs leaderElection.enabled=true"}},
+		{"ServiceMonitor without metrics", []string{"--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"},
+			[]string{"metrics.serviceMonitor.enabled needs metrics.enabled=true"}},
+		{"default GPU tolerations, not supported by the operator yet",
+			[]string{"--set-json", `gpu.defaultTolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]`},
+			[]string{"gpu.defaultTolerations is not supported by this operator version yet", "spec.gpu.tolerations"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"template", chartReleaseName, chartDir}, tc.args...)
+			out, errOut, err := runToolErr(helmEnv(t), helmPath(t), args...)
+			if err == nil {
+				t.Fatalf("helm template %s succeeded, want an error; output:\n%s", strings.Join(tc.args, " "), out)
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(errOut, want) {
+					t.Errorf("error does not mention %q:\n%s", want, errOut)
+				}
+			}
+		})
+	}
+}
+
+// TestHelmCRDsServeSamples installs the chart's CRDs (as `helm template
+// --include-crds` renders them) into a control plane of their own, where no
+// CRD exists yet, and creates the samples from config/samples.
+func TestHelmCRDsServeSamples(t *testing.T) {
+	cp := startBareControlPlane(t)
+	k := cp.kubectl(t)
+
+	var crds []string
+	for _, o := range splitYAML(t, helmTemplate(t, "modelguard-system")) {
+		if o.GetKind() == "CustomResourceDefinition" {
+			crds = append(crds, "---\n"+string(o.raw))
+		}
+	}
+	if len(crds) != 2 {
+		t.Fatalf("render has %d CRDs, want 2", len(crds))
+	}
+	path := filepath.Join(t.TempDir(), "crds.yaml")
+	if err := os.WriteFile(path, []byte(strings.Join(crds, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := k.run("apply", "--server-side", "-f", path); err != nil {
+		t.Fatalf("installing the chart's CRDs: %v\n%s", err, out)
+	}
+	if out, err := k.run("wait", "--for=condition=Established", "--timeout=60s",
+		"crd/protectedmodels.ml.modelguard.dev", "crd/trainingjobs.ml.modelguard.dev"); err != nil {
+		t.Fatalf("waiting for the CRDs: %v\n%s", err, out)
+	}
+	ensureNamespace(t, cp.client, "samples", nil)
+	out, err := k.run("apply", "--server-side", "--namespace", "samples", "-k", filepath.Join(env.RepoRoot, "config/samples"))
+	if err != nil {
+		t.Fatalf("creating the samples: %v\n%s", err, out)
+	}
+	for _, want := range []string{"protectedmodel.ml.modelguard.dev/sentiment-classifier serverside-applied", "trainingjob.ml.modelguard.dev/sentiment-finetune serverside-applied"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl apply output lacks %q:\n%s", want, out)
+		}
+	}
+	crd := &apiextensionsv1.CustomResourceDefinition{}
+	if err := cp.client.Get(context.Background(), client.ObjectKey{Name: "protectedmodels.ml.modelguard.dev"}, crd); err != nil {
+		t.Fatal(err)
+	}
+	if got := crd.Spec.Versions[0].Name; got != "v1alpha1" || !crd.Spec.Versions[0].Served || crd.Spec.Versions[0].Subresources == nil {
+		t.Errorf("protectedmodels CRD version %s served=%v subresources=%v", got, crd.Spec.Versions[0].Served, crd.Spec.Versions[0].Subresources)
+	}
+}

@@ -1,0 +1,298 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+)
+
+// packagingTool returns the path of a tool the Makefile builds and exports
+// in envVar (HELM, KUSTOMIZE). It fails the test, naming the make target,
+// when the tool is missing: a packaging test that skips proves nothing.
+func packagingTool(t *testing.T, envVar, makeTarget string) string {
+	t.Helper()
+	path := os.Getenv(envVar)
+	if path == "" {
+		t.Fatalf("%s is not set: run the tests through `make test`, which builds %s and exports %s", envVar, makeTarget, envVar)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("%s=%s does not exist: run `make %s`: %v", envVar, path, makeTarget, err)
+	}
+	return path
+}
+
+func helmPath(t *testing.T) string      { return packagingTool(t, "HELM", "bin/helm") }
+func kustomizePath(t *testing.T) string { return packagingTool(t, "KUSTOMIZE", "bin/kustomize") }
+
+// runTool runs a command in the repository root and returns its stdout; it
+// fails the test with stderr when the command fails.
+func runTool(t *testing.T, extraEnv []string, name string, args ...string) string {
+	t.Helper()
+	out, errOut, err := runToolErr(extraEnv, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(name), strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+func runToolErr(extraEnv []string, name string, args ...string) (stdout, stderr string, err error) {
+	cmd := exec.Command(name, args...)
+	cmd.Dir = env.RepoRoot
+	cmd.Env = append(os.Environ(), extraEnv...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// helmEnv keeps helm's cache, config and data out of $HOME.
+func helmEnv(t *testing.T) []string {
+	t.Helper()
+	dir := t.TempDir()
+	return []string{
+		"HELM_CACHE_HOME=" + filepath.Join(dir, "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(dir, "config"),
+		"HELM_DATA_HOME=" + filepath.Join(dir, "data"),
+	}
+}
+
+// renderedObject is one document of a multi-document YAML render.
+type renderedObject struct {
+	*unstructured.Unstructured
+	raw []byte
+}
+
+// splitYAML parses a multi-document YAML stream, skipping empty documents.
+func splitYAML(t *testing.T, stream string) []renderedObject {
+	t.Helper()
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(stream)))
+	var objs []renderedObject
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		if err != nil {
+			t.Fatalf("reading YAML stream: %v", err)
+		}
+		m := map[string]any{}
+		if err := yaml.Unmarshal(doc, &m); err != nil {
+			t.Fatalf("parsing YAML document: %v\n%s", err, doc)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		objs = append(objs, renderedObject{Unstructured: &unstructured.Unstructured{Object: m}, raw: doc})
+	}
+}
+
+// objectIDs lists objects as "Kind namespace/name", the form the expected
+// lists in the tests use.
+func objectIDs(objs []renderedObject) []string {
+	ids := make([]string, 0, len(objs))
+	for _, o := range objs {
+		ids = append(ids, objectID(o.Unstructured))
+	}
+	return ids
+}
+
+func objectID(o *unstructured.Unstructured) string {
+	if o.GetNamespace() == "" {
+		return o.GetKind() + " " + o.GetName()
+	}
+	return o.GetKind() + " " + o.GetNamespace() + "/" + o.GetName()
+}
+
+func findRendered(t *testing.T, objs []renderedObject, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			return o.Unstructured
+		}
+	}
+	t.Fatalf("render has no %s %s; it has %v", kind, name, objectIDs(objs))
+	return nil
+}
+
+// fromRendered converts a rendered object into a typed one.
+func fromRendered[T any](t *testing.T, o *unstructured.Unstructured) *T {
+	t.Helper()
+	data, err := o.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := new(T)
+	if err := yaml.Unmarshal(data, out); err != nil {
+		t.Fatalf("decoding %s into %T: %v", objectID(o), out, err)
+	}
+	return out
+}
+
+// ensureNamespace creates a namespace with a fixed name if it does not
+// exist yet; renders name their namespaces, so generated names do not fit.
+func ensureNamespace(t *testing.T, c client.Client, name string, labels map[string]string) {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	if err := c.Create(context.Background(), ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("creating namespace %s: %v", name, err)
+	}
+}
+
+// serverDryRunApply applies a manifest stream with a server-side dry run:
+// the API server runs defaulting, schema and CEL validation, admission and
+// field validation, and persists nothing.
+func serverDryRunApply(t *testing.T, k *kubectlRunner, manifests string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "manifests.yaml")
+	if err := os.WriteFile(path, []byte(manifests), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := k.run("apply", "--server-side", "--dry-run=server", "--field-manager=packaging-test", "-f", path)
+	if err != nil {
+		t.Fatalf("kubectl apply --server-side --dry-run=server: %v\n%s", err, out)
+	}
+	return out
+}
+
+// assertAllApplied checks that kubectl reported every object of the render
+// as applied, so that a document kubectl silently skipped is caught.
+func assertAllApplied(t *testing.T, objs []renderedObject, kubectlOut string) {
+	t.Helper()
+	for _, o := range objs {
+		// kubectl prints kind.group/name, e.g. deployment.apps/manager.
+		kind, name := strings.ToLower(o.GetKind()), "/"+o.GetName()+" "
+		found := false
+		for _, line := range strings.Split(kubectlOut, "\n") {
+			resource, _, _ := strings.Cut(line, "/")
+			if (resource == kind || strings.HasPrefix(resource, kind+".")) && strings.Contains(line, name) &&
+				strings.HasSuffix(line, "(server dry run)") {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("kubectl output does not report %s as applied:\n%s", objectID(o.Unstructured), kubectlOut)
+		}
+	}
+}
+
+// assertPodPassesRestricted creates, with a server-side dry run, a pod from
+// the Deployment's template in a namespace that enforces Pod Security
+// "restricted", so the API server's own PodSecurity admission judges it. A
+// control pod with privilege escalation allowed must be rejected, which
+// proves the admission plugin is really enforcing.
+func assertPodPassesRestricted(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	ctx := context.Background()
+	ns := newNamespace(t)
+	nsObj := &corev1.Namespace{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, nsObj); err != nil {
+		t.Fatal(err)
+	}
+	nsObj.Labels["pod-security.kubernetes.io/enforce"] = "restricted"
+	nsObj.Labels["pod-security.kubernetes.io/enforce-version"] = "latest"
+	if err := env.Client.Update(ctx, nsObj); err != nil {
+		t.Fatalf("labelling namespace for Pod Security: %v", err)
+	}
+
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "manager", Labels: d.Spec.Template.Labels},
+		Spec:       *d.Spec.Template.Spec.DeepCopy(),
+	}
+	if err := env.Client.Create(ctx, pod, client.DryRunAll); err != nil {
+		t.Errorf("the manager pod of %s is rejected by Pod Security \"restricted\": %v", d.Name, err)
+	}
+
+	control := pod.DeepCopy()
+	allow := true
+	control.Spec.Containers[0].SecurityContext.AllowPrivilegeEscalation = &allow
+	err := env.Client.Create(ctx, control, client.DryRunAll)
+	if err == nil || !strings.Contains(err.Error(), "violates PodSecurity") {
+		t.Errorf("control pod with allowPrivilegeEscalation=true: err = %v, want a PodSecurity rejection (is admission enforcing?)", err)
+	}
+}
+
+// subjectCan asks the API server whether the subject may perform an action,
+// with a SubjectAccessReview evaluated by the real RBAC authorizer.
+func subjectCan(t *testing.T, c client.Client, user string, attrs rbacCheck) bool {
+	t.Helper()
+	review := &authorizationv1.SubjectAccessReview{}
+	review.Spec.User = user
+	review.Spec.ResourceAttributes = &authorizationv1.ResourceAttributes{
+		Namespace: attrs.Namespace, Verb: attrs.Verb, Group: attrs.Group, Resource: attrs.Resource,
+	}
+	if err := c.Create(context.Background(), review); err != nil {
+		t.Fatalf("SubjectAccessReview for %s: %v", user, err)
+	}
+	return review.Status.Allowed
+}
+
+// rbacCheck is one action a SubjectAccessReview asks about.
+type rbacCheck struct {
+	Verb, Group, Resource, Namespace string
+}
+
+func (c rbacCheck) String() string {
+	where := "cluster-wide"
+	if c.Namespace != "" {
+		where = "in " + c.Namespace
+	}
+	group := c.Group
+	if group == "" {
+		group = "core"
+	}
+	return fmt.Sprintf("%s %s.%s %s", c.Verb, c.Resource, group, where)
+}
+
+// ruleChecks expands RBAC rules into one check per group, resource and verb,
+// so a test can ask the authorizer about everything a generated role grants
+// without repeating the role by hand.
+func ruleChecks(rules []rbacv1.PolicyRule, namespace string) []rbacCheck {
+	var checks []rbacCheck
+	for _, r := range rules {
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					checks = append(checks, rbacCheck{Verb: v, Group: g, Resource: res, Namespace: namespace})
+				}
+			}
+		}
+	}
+	return checks
+}
+
+// eventuallyNoError retries f for up to 30 seconds.
+func eventuallyNoError(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s: %v", what, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
