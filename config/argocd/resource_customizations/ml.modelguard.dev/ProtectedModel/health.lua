@@ -1,0 +1,145 @@
+-- Argo CD health check for ModelGuard ProtectedModels (ml.modelguard.dev).
+--
+-- It reads the kstatus conditions the operator writes (Ready, Reconciling,
+-- Stalled), the protection conditions and status.phase:
+--   Degraded     Stalled, a protection condition False for a failure reason,
+--                or phase Failed
+--   Progressing  no status yet, observedGeneration behind, Reconciling, or
+--                not Ready yet (e.g. rolling out)
+--   Healthy      Ready and the status describes the current generation
+-- The message is the failing (or deciding) condition's message.
+--
+-- Only Lua's base library is used, so the script runs with Argo CD's default
+-- of no standard libraries for custom health checks.
+
+-- Reasons of a False condition: true means a person must act (Degraded),
+-- false that the operator is still working. Every reason the API defines is
+-- listed, and a test keeps it that way; a reason not listed counts as a
+-- failure, so that a new failure shows up rather than hides.
+local failureReasons = {
+  Reconciled = false,
+  Progressing = false,
+  RollingOut = false,
+  Available = false,
+  Unavailable = false,
+  ScaledToZero = false,
+  MemoryTooSmall = true,
+  FailClosed = true,
+  SealedBundle = false,
+  VerificationPending = false,
+  DigestVerified = false,
+  DigestMismatch = true,
+  BundleTampered = true,
+  UnsealFailed = true,
+  KeyUnwrapped = false,
+  SecretNotFound = true,
+  KeyNotInSecret = true,
+  UnwrapFailed = true,
+  ProviderUnavailable = true,
+  PolicyApplied = false,
+  PolicyNotApplied = true,
+  BundleHostNotAllowed = true,
+  PodSecurityRestricted = false,
+  PodSecurityViolation = true,
+  Scheduled = false,
+  Unschedulable = true,
+  SchedulingPending = false,
+  NoGPURequested = false,
+  Annotated = false,
+  Queued = false,
+  Admitted = false,
+  Running = false,
+  Succeeded = false,
+  BackoffLimitExceeded = true,
+  DeadlineExceeded = true,
+  Sealing = false,
+  Sealed = false,
+  SealFailed = true,
+  StorageNotEncrypted = true,
+}
+
+local protectionConditions = {
+  "WeightsEncrypted",
+  "WeightsVerified",
+  "KeyAvailable",
+  "NetworkIsolated",
+  "Hardened",
+  "GPUScheduled",
+  "OwnershipRecorded",
+}
+
+local function findCondition(conditions, conditionType)
+  for _, c in ipairs(conditions) do
+    if c.type == conditionType then
+      return c
+    end
+  end
+  return nil
+end
+
+local function messageOf(c, fallback)
+  if c ~= nil and c.message ~= nil and c.message ~= "" then
+    return c.message
+  end
+  return fallback
+end
+
+local hs = {}
+local status = obj.status
+if status == nil or status.conditions == nil or #status.conditions == 0 then
+  hs.status = "Progressing"
+  hs.message = "Waiting for ModelGuard to report the model's status"
+  return hs
+end
+
+local generation = obj.metadata.generation
+if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
+  hs.status = "Progressing"
+  hs.message = "Waiting for ModelGuard to observe generation " .. tostring(generation)
+  return hs
+end
+
+local stalled = findCondition(status.conditions, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = messageOf(stalled, "ModelGuard cannot make progress: " .. tostring(stalled.reason))
+  return hs
+end
+
+for _, conditionType in ipairs(protectionConditions) do
+  local c = findCondition(status.conditions, conditionType)
+  if c ~= nil and c.status == "False" and failureReasons[c.reason] ~= false then
+    hs.status = "Degraded"
+    hs.message = conditionType .. ": " .. messageOf(c, tostring(c.reason))
+    return hs
+  end
+end
+
+local ready = findCondition(status.conditions, "Ready")
+if status.phase == "Failed" then
+  hs.status = "Degraded"
+  hs.message = messageOf(ready, "The model failed")
+  return hs
+end
+
+local reconciling = findCondition(status.conditions, "Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = messageOf(reconciling, "ModelGuard is reconciling the model")
+  return hs
+end
+
+if ready ~= nil and ready.status == "True" then
+  if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation then
+    hs.status = "Progressing"
+    hs.message = "Waiting for ModelGuard to observe generation " .. tostring(generation)
+    return hs
+  end
+  hs.status = "Healthy"
+  hs.message = messageOf(ready, "The model is serving")
+  return hs
+end
+
+hs.status = "Progressing"
+hs.message = messageOf(ready, "Waiting for the model to become ready")
+return hs
