@@ -61,7 +61,13 @@ func TestManagerMetricsEndpoint(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("readyz: %s\nmanager log:\n%s", resp.Status, logs.String())
 		}
-		return nil
+		// The metrics server starts on its own, after generating its
+		// self-signed certificate.
+		conn, err := net.DialTimeout("tcp", metricsAddr, time.Second)
+		if err != nil {
+			return fmt.Errorf("metrics endpoint: %w\nmanager log:\n%s", err, logs.String())
+		}
+		return conn.Close()
 	})
 
 	// What the metrics should count. The controller runs, so the models'
