@@ -68,6 +68,11 @@ func runCluster() (err error) {
 	if err != nil {
 		return err
 	}
+	release, err := c.Reserve(ctx, "make demo", 30*time.Minute)
+	if err != nil {
+		return err
+	}
+	defer release()
 	step("Bringing up a single-node Kubernetes on this machine (hack/local-cluster)")
 	if err := c.Up(ctx, cluster.UpOptions{Fresh: true}); err != nil {
 		return fmt.Errorf("bringing up the local cluster: %w", err)

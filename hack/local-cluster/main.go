@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -133,6 +134,11 @@ func runWithCluster(ctx context.Context, c *cluster.Cluster, argv []string, logf
 		return errors.New("run needs a command: local-cluster run -- go test ./test/e2e/...")
 	}
 	began := time.Now()
+	release, err := c.Reserve(ctx, "local-cluster run "+strings.Join(argv, " "), 30*time.Minute)
+	if err != nil {
+		return err
+	}
+	defer release()
 	// Always a fresh cluster: the command sees this clone's binaries and
 	// images and no objects from before, and the cluster is gone afterwards.
 	if err := c.Up(ctx, cluster.UpOptions{Fresh: true}); err != nil {

@@ -16,6 +16,9 @@ import (
 // Down stops the cluster and undoes every change its records show, then
 // verifies that nothing of it is left. Without records it has nothing to do.
 func (c *Cluster) Down(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("tearing down the local cluster needs root, as bringing it up did")
+	}
 	unlock, err := c.lock()
 	if err != nil {
 		return err

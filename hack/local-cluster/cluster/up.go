@@ -24,8 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
-
-	"golang.org/x/sys/unix"
 )
 
 // Cluster drives one local cluster.
@@ -120,26 +118,7 @@ func lookPath(tool string) (string, error) {
 // lock serializes Up and Down on this machine (one cluster per machine: it
 // owns cni0 and its ports).
 func (c *Cluster) lock() (func(), error) {
-	if err := os.MkdirAll(c.cfg.WorkDir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating the work dir %s: %w", c.cfg.WorkDir, err)
-	}
-	f, err := os.OpenFile(c.p.Lock, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening the lock %s: %w", c.p.Lock, err)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("another local-cluster up/down held %s for 2 minutes: %w", c.p.Lock, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	return func() { _ = unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
+	return flockWait(context.Background(), c.p.Lock, fmt.Sprintf("up/down (pid %d)", os.Getpid()), 2*time.Minute, nil)
 }
 
 // ErrAlreadyUp is returned by Up when a healthy cluster from an earlier Up is
