@@ -38,6 +38,8 @@ type ProtectedModelReconciler struct {
 	APIReader   client.Reader
 	Recorder    events.EventRecorder
 	UnsealImage string
+	// DefaultGPUTolerations are added to every pod that asks for a GPU.
+	DefaultGPUTolerations []corev1.Toleration
 }
 
 // +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels,verbs=get;list;watch
@@ -114,7 +116,7 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 		return obs, err
 	}
 
-	facts := children.ProtectedModelFacts{UnsealImage: r.UnsealImage}
+	facts := r.facts()
 	// The data key goes out only while the model may serve: a stalled model
 	// (e.g. too little memory for the plaintext) has none (fail closed).
 	if reason, _ := stallReason(obs); key.DEK != nil && reason == "" {
@@ -138,6 +140,11 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 		return obs, err
 	}
 	return obs, nil
+}
+
+// facts are the manager-wide inputs of every builder.
+func (r *ProtectedModelReconciler) facts() children.ProtectedModelFacts {
+	return children.ProtectedModelFacts{UnsealImage: r.UnsealImage, DefaultGPUTolerations: r.DefaultGPUTolerations}
 }
 
 // revokeDataKey deletes the data-key Secret when the key is no longer

@@ -134,7 +134,7 @@ func (r *ProtectedModelReconciler) keyProvider(ctx context.Context, pm *mlv1alph
 // when it has not run yet.
 func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (*resolvedKey, keyState, error) {
 	job := &batchv1.Job{}
-	facts := builder.ProtectedModelFacts{UnsealImage: r.UnsealImage}
+	facts := r.facts()
 	job.Name, job.Namespace = builder.KeyResolveJobName(pm, facts), pm.Namespace
 	desired := builder.KeyResolveJob(pm, facts)
 	if _, err := applyIfChanged(ctx, r.Client, job, desired, batchv1ac.ExtractJob); err != nil {

@@ -20,6 +20,9 @@ import (
 type Options struct {
 	// UnsealImage is the image that runs `modelguard unseal` in protected pods.
 	UnsealImage string
+	// DefaultGPUTolerations are added to every pod that asks for a GPU, e.g.
+	// for a cluster whose GPU nodes carry a taint of its own.
+	DefaultGPUTolerations []corev1.Toleration
 }
 
 // +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
@@ -35,6 +38,8 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		APIReader:   mgr.GetAPIReader(),
 		Recorder:    mgr.GetEventRecorder("modelguard"),
 		UnsealImage: opts.UnsealImage,
+
+		DefaultGPUTolerations: opts.DefaultGPUTolerations,
 	}
 	if err := pm.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the ProtectedModel controller: %w", err)

@@ -39,6 +39,7 @@ func run() error {
 		leaderElectionNS     string
 		unsealImage          string
 		watchNamespaces      string
+		gpuTolerations       string
 		showVersion          bool
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0",
@@ -55,6 +56,8 @@ func run() error {
 		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
 	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
+	flag.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
+		`Tolerations, as a JSON list, added to every model and training pod that asks for a GPU, e.g. '[{"key":"gpu-pool","operator":"Exists","effect":"NoSchedule"}]'.`)
 	flag.BoolVar(&showVersion, "version", false, "Print the version and exit.")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
@@ -101,7 +104,14 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage}); err != nil {
+	defaultGPUTolerations, err := parseTolerations(gpuTolerations)
+	if err != nil {
+		return fmt.Errorf("--default-gpu-tolerations: %w", err)
+	}
+	if err := controllers.SetupWithManager(mgr, controllers.Options{
+		UnsealImage:           unsealImage,
+		DefaultGPUTolerations: defaultGPUTolerations,
+	}); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
 	}
 	// The collector reads the manager's cache at scrape time, so the

@@ -73,6 +73,10 @@ type ProtectedModelFacts struct {
 	// DataKeyHash fingerprints the data key; a change rolls the pods. It is a
 	// hash, never the key.
 	DataKeyHash string
+	// DefaultGPUTolerations are the cluster's tolerations for GPU nodes (the
+	// manager's --default-gpu-tolerations), added to every pod that asks for
+	// a GPU, after the resource toleration and before the spec's own.
+	DefaultGPUTolerations []corev1.Toleration
 }
 
 // DataKeySecretName is the Secret holding the unwrapped data key.
@@ -236,7 +240,7 @@ func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv
 		volumes = append(volumes, v)
 	}
 
-	podSpec := hardenedPodSpec(pm).
+	podSpec := hardenedPodSpec(pm, facts).
 		WithInitContainers(unsealContainer(pm, facts)).
 		WithContainers(serverContainer(pm)).
 		WithVolumes(volumes...)
@@ -292,7 +296,7 @@ func KeyResolveJob(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *ba
 
 func keyResolvePodTemplate(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *corev1ac.PodTemplateSpecApplyConfiguration {
 	podLabels := merge(CommonLabels(pm), selectorFor(pm, ComponentKeyResolve))
-	podSpec := hardenedPodSpec(pm).
+	podSpec := hardenedPodSpec(pm, facts).
 		WithRestartPolicy(corev1.RestartPolicyNever).
 		WithContainers(corev1ac.Container().
 			WithName(KeyResolveContainerName).
@@ -354,7 +358,7 @@ func bundleMounts(pm *mlv1alpha1.ProtectedModel) []*corev1ac.VolumeMountApplyCon
 // hardenedPodSpec is the pod-level part shared by every pod ModelGuard runs:
 // no API token, no service links, non-root with the runtime's seccomp
 // profile, and the GPU scheduling constraints.
-func hardenedPodSpec(pm *mlv1alpha1.ProtectedModel) *corev1ac.PodSpecApplyConfiguration {
+func hardenedPodSpec(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *corev1ac.PodSpecApplyConfiguration {
 	spec := corev1ac.PodSpec().
 		WithServiceAccountName(pm.Name).
 		WithAutomountServiceAccountToken(false).
@@ -380,6 +384,9 @@ func hardenedPodSpec(pm *mlv1alpha1.ProtectedModel) *corev1ac.PodSpecApplyConfig
 			WithKey(gpuResourceName(gpu)).
 			WithOperator(corev1.TolerationOpExists).
 			WithEffect(corev1.TaintEffectNoSchedule))
+		for i := range facts.DefaultGPUTolerations {
+			spec.WithTolerations(toleration(facts.DefaultGPUTolerations[i]))
+		}
 	}
 	for i := range gpu.Tolerations {
 		spec.WithTolerations(toleration(gpu.Tolerations[i]))

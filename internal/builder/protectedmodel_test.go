@@ -339,6 +339,7 @@ func TestDeploymentGPUScheduling(t *testing.T) {
 		priorityClass  string
 		runtimeClass   *string
 		noGPUResources bool
+		defaults       []corev1.Toleration // the manager's --default-gpu-tolerations
 	}{{
 		name:           "no gpu block",
 		edit:           func(w *builders.ProtectedModelWrapper) {},
@@ -383,6 +384,17 @@ func TestDeploymentGPUScheduling(t *testing.T) {
 		priorityClass: "inference",
 		runtimeClass:  ptr.To("nvidia"),
 	}, {
+		name:        "cluster default GPU tolerations sit between the resource's and the spec's",
+		edit:        func(w *builders.ProtectedModelWrapper) { w.GPUs(1).Toleration(userToleration) },
+		defaults:    []corev1.Toleration{{Key: "gpu-pool", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}},
+		gpuLimits:   corev1.ResourceList{"nvidia.com/gpu": mustQuantity("1")},
+		tolerations: []corev1.Toleration{gpuToleration("nvidia.com/gpu"), {Key: "gpu-pool", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}, userToleration},
+	}, {
+		name:           "zero GPUs: no default GPU tolerations either",
+		edit:           func(w *builders.ProtectedModelWrapper) { w.GPUs(0) },
+		defaults:       []corev1.Toleration{{Key: "gpu-pool", Operator: corev1.TolerationOpExists}},
+		noGPUResources: true,
+	}, {
 		name:           "zero GPUs: no GPU limit nor GPU toleration, user settings kept",
 		edit:           func(w *builders.ProtectedModelWrapper) { w.GPUs(0).Toleration(userToleration).PriorityClass("batch") },
 		tolerations:    []corev1.Toleration{userToleration},
@@ -396,7 +408,9 @@ func TestDeploymentGPUScheduling(t *testing.T) {
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			spec := deployment(t, model(tc.edit), servingFacts(1)).Spec.Template.Spec
+			facts := servingFacts(1)
+			facts.DefaultGPUTolerations = tc.defaults
+			spec := deployment(t, model(tc.edit), facts).Spec.Template.Spec
 			if diff := cmp.Diff(tc.tolerations, spec.Tolerations); diff != "" {
 				t.Errorf("tolerations (-want +got):\n%s", diff)
 			}

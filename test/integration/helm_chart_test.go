@@ -209,7 +209,9 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 			wantArgs: []string{
 				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:9443",
 				"--metrics-secure=true", "--unseal-image=registry.example.com/acme/modelguard-unseal:0.1.0-rc.1",
-				"--zap-log-level=debug", "--watch-namespaces=team-a,team-b",
+				"--zap-log-level=debug",
+				`--default-gpu-tolerations=[{"effect":"NoSchedule","key":"gpu-pool","operator":"Exists"}]`,
+				"--watch-namespaces=team-a,team-b",
 			},
 		},
 		{
@@ -300,9 +302,9 @@ func TestHelmValuesRejected(t *testing.T) {
 			[]string{"replicas > 1 needs leaderElection.enabled=true"}},
 		{"ServiceMonitor without metrics", []string{"--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"},
 			[]string{"metrics.serviceMonitor.enabled needs metrics.enabled=true"}},
-		{"default GPU tolerations, not supported by the operator yet",
-			[]string{"--set-json", `gpu.defaultTolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]`},
-			[]string{"gpu.defaultTolerations is not supported by this operator version yet", "spec.gpu.tolerations"}},
+		{"default GPU toleration with an unknown effect",
+			[]string{"--set-json", `gpu.defaultTolerations=[{"key":"gpu-pool","operator":"Exists","effect":"NoWay"}]`},
+			[]string{"/gpu/defaultTolerations/0/effect"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
