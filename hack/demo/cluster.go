@@ -392,6 +392,9 @@ func (d *demo) proveIsolation(plaintext map[string]string) error {
 	if err == nil {
 		return errors.New("the intruder got an answer: the NetworkPolicy is not enforced")
 	}
+	if !strings.Contains(err.Error(), "no answer") {
+		return fmt.Errorf("the intruder could not even try: %w", err)
+	}
 	fmt.Println("  intruder got nothing: the model's NetworkPolicy admits only spec.network.allowedClients")
 	return nil
 }
@@ -443,10 +446,10 @@ func (d *demo) kubectlOutput(show bool, args ...string) (string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.kubectl, args...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+d.kubeconfig)
-	var stdout bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, io.MultiWriter(os.Stderr, &stderr)
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
+		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
 }

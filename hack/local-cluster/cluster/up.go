@@ -358,7 +358,7 @@ func (c *Cluster) createBridge(ctx context.Context) error {
 	if err := c.saveRecords(); err != nil {
 		return err
 	}
-	ones, _ := mustMaskSize(c.cfg.PodCIDR)
+	ones := prefixLength(c.cfg.PodCIDR)
 	steps := [][]string{
 		{"link", "add", c.cfg.BridgeName, "type", "bridge"},
 		{"addr", "add", c.cfg.BridgeIP + "/" + strconv.Itoa(ones), "dev", c.cfg.BridgeName},
@@ -372,12 +372,14 @@ func (c *Cluster) createBridge(ctx context.Context) error {
 	return nil
 }
 
-func mustMaskSize(cidr string) (int, int) {
+// prefixLength returns a CIDR's prefix length; Validate has parsed it.
+func prefixLength(cidr string) int {
 	_, n, err := net.ParseCIDR(cidr)
 	if err != nil {
-		return 0, 0
+		return 0
 	}
-	return n.Mask.Size()
+	ones, _ := n.Mask.Size()
+	return ones
 }
 
 func (c *Cluster) start(name, path string, args ...string) (*startedProcess, error) {
@@ -489,8 +491,8 @@ func (c *Cluster) up(ctx context.Context) error {
 		proc  *startedProcess
 		check func(context.Context) error
 	}{
-		{scheduler, httpsHealthy("https://127.0.0.1:10259/healthz")},
-		{controllerManager, httpsHealthy("https://127.0.0.1:10257/healthz")},
+		{scheduler, httpHealthy("https://127.0.0.1:10259/healthz")},
+		{controllerManager, httpHealthy("https://127.0.0.1:10257/healthz")},
 		{router, httpHealthy(fmt.Sprintf("http://127.0.0.1:%d/healthz", KubeRouterHealthPort))},
 		{kubelet, func(ctx context.Context) error { return c.nodeReady(ctx, client) }},
 		{plugin, func(ctx context.Context) error { return c.gpusAdvertised(ctx, client) }},
@@ -565,8 +567,6 @@ func httpGetOK(ctx context.Context, url string) error {
 func httpHealthy(url string) func(context.Context) error {
 	return func(ctx context.Context) error { return httpGetOK(ctx, url) }
 }
-
-func httpsHealthy(url string) func(context.Context) error { return httpHealthy(url) }
 
 func (c *Cluster) etcdHealthy(ctx context.Context) error {
 	return httpGetOK(ctx, fmt.Sprintf("http://127.0.0.1:%d/health", c.cfg.EtcdPort))
