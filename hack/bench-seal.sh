@@ -7,18 +7,19 @@
 #   unseal                             vs  age -d of the same files into /dev/shm
 #   seal   (plaintext -> disk)         vs  sha256sum of the plaintext
 #
-# Each figure is the best of RUNS runs with warm page caches (every input is
-# read once before timing), so the comparison is of CPU and memory work, not
-# of the disk. Run it on an otherwise idle machine; it prints the load.
+# Each figure is the best of RUNS interleaved rounds with warm page caches
+# (every input is read once before timing), so the comparison is of CPU and
+# memory work, not of the disk. Run it on an otherwise idle machine; it
+# prints the load.
 #
 # Usage: hack/bench-seal.sh            (or: make bench-seal)
-#   SIZE_MIB=2048  model size        RUNS=3  runs per measurement
+#   SIZE_MIB=2048  model size        RUNS=5  rounds (each figure is the best)
 #   BENCH_DIR=dir  where the plaintext and bundle go (default: a temp dir on disk)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 size_mib=${SIZE_MIB:-2048}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 
 if ! command -v age >/dev/null || ! command -v age-keygen >/dev/null; then
   echo "bench-seal: installing the Debian package age for the baseline..." >&2
@@ -64,19 +65,15 @@ sync
 
 now() { date +%s%N; }
 
-# best SETUP CMD...: runs SETUP (untimed), then CMD, RUNS times, and sets
-# best_ns to the fastest.
-best() {
-  local setup=$1; shift
-  best_ns=
-  for ((i = 0; i < runs; i++)); do
-    eval "$setup"
-    local t0 t1
-    t0=$(now)
-    "$@"
-    t1=$(now)
-    if [ -z "$best_ns" ] || [ $((t1 - t0)) -lt "$best_ns" ]; then best_ns=$((t1 - t0)); fi
-  done
+# timed NAME CMD...: runs CMD and keeps its fastest time in best_NAME (ns).
+timed() {
+  local name=$1; shift
+  local t0 t1 var
+  var=best_$name
+  t0=$(now)
+  "$@"
+  t1=$(now)
+  if [ -z "${!var:-}" ] || [ $((t1 - t0)) -lt "${!var}" ]; then printf -v "$var" '%s' $((t1 - t0)); fi
 }
 
 run_unseal() { "$bin" unseal "$work/bundle" "$shm/unseal" --kek-file "$work/kek" --progress none 2>/dev/null; }
@@ -88,17 +85,25 @@ run_age() {
 run_seal() { "$bin" seal "$src" "$work/sealed" --kek-file "$work/kek" --progress none >/dev/null 2>&1; }
 run_sha256sum() { sha256sum "${files[@]}" >/dev/null; }
 
-echo "bench-seal: measuring (best of $runs runs each) ..." >&2
-best 'rm -rf "$shm/unseal"' run_unseal; unseal_ns=$best_ns
-# The benchmark is only honest if unseal really produced the model.
-for f in "${files[@]}"; do cmp -s "$f" "$shm/unseal/$(basename "$f")" || { echo "bench-seal: unseal output differs for $f" >&2; exit 1; }; done
-rm -rf "$shm/unseal"
-best 'rm -rf "$shm/cp"' run_cp; cp_ns=$best_ns
-rm -rf "$shm/cp"
-best 'rm -rf "$shm/age"' run_age; age_ns=$best_ns
-rm -rf "$shm/age"
-best 'rm -rf "$work/sealed"; sync' run_seal; seal_ns=$best_ns
-best ':' run_sha256sum; sha_ns=$best_ns
+# Rounds interleave the contenders, so that drift in the machine's speed
+# (other load, the cost of fresh memory pages in a VM) hits them alike; each
+# figure is the best of its runs. Outputs are removed between runs, untimed.
+echo "bench-seal: measuring ($runs rounds) ..." >&2
+for ((round = 1; round <= runs; round++)); do
+  timed unseal run_unseal
+  if [ "$round" = 1 ]; then
+    # The benchmark is only honest if unseal really produced the model.
+    for f in "${files[@]}"; do
+      cmp -s "$f" "$shm/unseal/$(basename "$f")" || { echo "bench-seal: unseal output differs for $f" >&2; exit 1; }
+    done
+  fi
+  rm -rf "$shm/unseal"
+  timed cp run_cp; rm -rf "$shm/cp"
+  timed age run_age; rm -rf "$shm/age"
+  timed seal run_seal; rm -rf "$work/sealed"; sync
+  timed sha256sum run_sha256sum
+done
+unseal_ns=$best_unseal cp_ns=$best_cp age_ns=$best_age seal_ns=$best_seal sha_ns=$best_sha256sum
 
 mbps() { awk -v b="$bytes" -v ns="$1" 'BEGIN { printf "%8.0f", b / (ns / 1e9) / 1e6 }'; }
 secs() { awk -v ns="$1" 'BEGIN { printf "%7.3f s", ns / 1e9 }'; }
@@ -111,7 +116,7 @@ ratio() {
 
 cat <<EOF
 
-ModelGuard sealing benchmark: $(awk -v b="$bytes" 'BEGIN { printf "%.2f GiB", b / 2^30 }') in ${#files[@]} files, best of $runs runs
+ModelGuard sealing benchmark: $(awk -v b="$bytes" 'BEGIN { printf "%.2f GiB", b / 2^30 }') in ${#files[@]} files, best of $runs rounds
 CPUs: $(nproc), load average at start: $load_before, age $(age --version)
 
   measurement                                   time       MB/s
