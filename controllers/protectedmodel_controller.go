@@ -62,6 +62,12 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, nil // Owner references garbage-collect the children.
 	}
 
+	// The key-resolve Job's pod runs as the model's ServiceAccount and is
+	// selected by its NetworkPolicy: both exist before the Job, so that its
+	// pod is neither rejected for a missing account nor ever unisolated.
+	if err := r.applyIdentityAndIsolation(ctx, pm); err != nil {
+		return ctrl.Result{}, err
+	}
 	key, err := r.resolveKey(ctx, pm)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -85,9 +91,22 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	return ctrl.Result{}, nil
 }
 
-// applyChildren applies every child the model needs. The NetworkPolicy goes
-// first so that no pod ever runs without it; the Deployment is scaled to zero
-// unless every protection prerequisite holds (fail closed).
+// applyIdentityAndIsolation applies the ServiceAccount and the
+// NetworkPolicy, which every pod of the model needs before it starts.
+func (r *ProtectedModelReconciler) applyIdentityAndIsolation(ctx context.Context, pm *mlv1alpha1.ProtectedModel) error {
+	if _, err := applyIfChanged(ctx, r.Client, &corev1.ServiceAccount{ObjectMeta: objectMeta(pm, pm.Name)},
+		children.ServiceAccount(pm), corev1ac.ExtractServiceAccount); err != nil {
+		return err
+	}
+	_, err := applyIfChanged(ctx, r.Client, &networkingv1.NetworkPolicy{ObjectMeta: objectMeta(pm, pm.Name)},
+		children.NetworkPolicy(pm), networkingv1ac.ExtractNetworkPolicy)
+	return err
+}
+
+// applyChildren applies the rest of the children, once the ServiceAccount
+// and the NetworkPolicy are in place (applyIdentityAndIsolation) so that no
+// pod ever runs without them; the Deployment is scaled to zero unless every
+// protection prerequisite holds (fail closed).
 func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState) (observation, error) {
 	obs := observation{
 		Key:                 key,
@@ -96,21 +115,13 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 		BundleLocation:      children.BundleLocation(pm),
 		KeyProvider:         pm.Spec.Weights.Key.Provider(),
 		BundleHostProblem:   bundleHostProblem(ctx, pm),
+		// Reconcile applied it, with the ServiceAccount, before anything else.
+		PolicyApplied: true,
 	}
 	if pm.Spec.GPU != nil {
 		obs.GPUCount = pm.Spec.GPU.Count
 	}
 
-	if _, err := applyIfChanged(ctx, r.Client, &corev1.ServiceAccount{ObjectMeta: objectMeta(pm, pm.Name)},
-		children.ServiceAccount(pm), corev1ac.ExtractServiceAccount); err != nil {
-		return obs, err
-	}
-	policy := children.NetworkPolicy(pm)
-	if _, err := applyIfChanged(ctx, r.Client, &networkingv1.NetworkPolicy{ObjectMeta: objectMeta(pm, pm.Name)},
-		policy, networkingv1ac.ExtractNetworkPolicy); err != nil {
-		return obs, err
-	}
-	obs.PolicyApplied = true
 	if _, err := applyIfChanged(ctx, r.Client, &corev1.Service{ObjectMeta: objectMeta(pm, pm.Name)},
 		children.Service(pm), corev1ac.ExtractService); err != nil {
 		return obs, err
