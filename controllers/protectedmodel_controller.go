@@ -83,6 +83,13 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, err
 	}
 	if err := r.updateStatusIfChanged(ctx, pm, computeStatus(pm, obs)); err != nil {
+		if apierrors.IsConflict(err) {
+			// The model changed since the cache gave it to us, often our own
+			// status write not yet seen; the watch event of the newer version
+			// reconciles it again.
+			logf.FromContext(ctx).V(1).Info("Model changed since it was read; reconciling again on its update")
+			return ctrl.Result{}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	if obs.Key.KeyReason != "" {
@@ -225,7 +232,9 @@ func (r *ProtectedModelReconciler) updateStatusIfChanged(ctx context.Context, pm
 	}
 	before := pm.DeepCopy()
 	pm.Status = status
-	if err := r.Status().Patch(ctx, pm, client.MergeFrom(before)); err != nil {
+	// The optimistic lock makes a status computed from a stale copy fail
+	// instead of repeating transitions (and their events) already written.
+	if err := r.Status().Patch(ctx, pm, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("writing status: %w", err)
 	}
 	logf.FromContext(ctx).V(1).Info("Status updated", "phase", status.Phase)
