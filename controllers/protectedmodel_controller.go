@@ -251,7 +251,11 @@ func (r *ProtectedModelReconciler) updateStatusIfChanged(ctx context.Context, pm
 		if c.Status == metav1.ConditionUnknown {
 			continue
 		}
-		r.Recorder.Eventf(pm, nil, eventType, c.Reason, "Reconcile", "%s=%s: %s", c.Type, c.Status, c.Message)
+		// The condition type is the action: the events library folds events
+		// with the same reason and action into one series showing only the
+		// latest note, and conditions often share a reason (e.g.
+		// WeightsVerified, Ready and Stalled all say BundleTampered).
+		r.Recorder.Eventf(pm, nil, eventType, c.Reason, c.Type, "%s=%s: %s", c.Type, c.Status, c.Message)
 	}
 	return nil
 }
