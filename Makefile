@@ -181,7 +181,7 @@ cluster-status: ## Show the local cluster's components, node, GPU capacity and k
 	go run ./hack/local-cluster -repo $(CURDIR) status
 
 .PHONY: test-e2e
-test-e2e: cluster-deps cluster-images ## Run the e2e tests on the local cluster, brought up before and torn down after (even on failure).
+test-e2e: cluster-deps cluster-images $(HELM) ## Run the e2e tests on the local cluster, brought up before and torn down after (even on failure).
 	go vet -tags e2e ./test/e2e/...
 	$(LOCAL_CLUSTER) run -- go test -tags e2e ./test/e2e/... -count=1 -v -timeout 20m
 
