@@ -100,6 +100,9 @@ func run() error {
 		LeaderElection:          enableLeaderElection,
 		LeaderElectionID:        "modelguard.ml.modelguard.dev",
 		LeaderElectionNamespace: leaderElectionNS,
+		// The process exits right after the manager stops, so releasing the
+		// lease is safe and lets a new leader start without waiting it out.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		return fmt.Errorf("creating manager: %w", err)
