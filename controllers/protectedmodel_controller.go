@@ -58,6 +58,7 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	if err := r.Get(ctx, req.NamespacedName, pm); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	logf.FromContext(ctx).V(1).Info("Reconciling", "generation", pm.Generation)
 	if !pm.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil // Owner references garbage-collect the children.
 	}

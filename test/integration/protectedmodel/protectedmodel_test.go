@@ -480,6 +480,8 @@ func TestSteadyStateMakesNoWrites(t *testing.T) {
 	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
 
 	converging := writes.inNamespace(ns)
+	t.Logf("Reconciles to converge a new ProtectedModel (the test plays kubelet and Deployment controller, 3 status updates): %d",
+		reconcilesOf(ns))
 	t.Logf("API writes to converge a new ProtectedModel: %d", len(converging))
 	for _, w := range converging {
 		t.Logf("  %s", w)
@@ -681,4 +683,16 @@ func TestOwnershipEditKeepsServing(t *testing.T) {
 			t.Fatalf("data-key Secret gone while re-resolving an unchanged bundle: %v", err)
 		}
 	}
+}
+
+// reconcilesOf counts the manager's "Reconciling" debug lines for models in
+// namespace ns.
+func reconcilesOf(ns string) int {
+	n := 0
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "Reconciling") && strings.Contains(line, `"namespace": "`+ns+`"`) {
+			n++
+		}
+	}
+	return n
 }
