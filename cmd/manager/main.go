@@ -2,13 +2,16 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -29,6 +32,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// leaderElectionID names the manager's leader-election Lease.
+const leaderElectionID = "modelguard.ml.modelguard.dev"
 
 func run() error {
 	var (
@@ -92,13 +98,14 @@ func run() error {
 		cacheOpts.DefaultNamespaces = namespaces
 	}
 
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	restConfig := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
 		Cache:                   cacheOpts,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          enableLeaderElection,
-		LeaderElectionID:        "modelguard.ml.modelguard.dev",
+		LeaderElectionID:        leaderElectionID,
 		LeaderElectionNamespace: leaderElectionNS,
 		// The process exits right after the manager stops, so releasing the
 		// lease is safe and lets a new leader start without waiting it out.
@@ -128,9 +135,31 @@ func run() error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding ready check: %w", err)
 	}
+	if enableLeaderElection && os.Getenv(podNameEnv) != "" && os.Getenv(podUIDEnv) != "" {
+		if ns := leaseNamespace(leaderElectionNS); ns != "" {
+			if err := mgr.Add(&leaseOwnerRunnable{
+				leases:  kubernetes.NewForConfigOrDie(restConfig).CoordinationV1().Leases(ns),
+				name:    leaderElectionID,
+				podName: os.Getenv(podNameEnv), podUID: os.Getenv(podUIDEnv),
+			}); err != nil {
+				return fmt.Errorf("adding the lease owner: %w", err)
+			}
+		}
+	}
 	ctrl.Log.WithName("setup").Info("Starting manager", "version", version.Version)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		return fmt.Errorf("running manager: %w", err)
+	}
+	if enableLeaderElection {
+		// Start returns after the lease was released (ReleaseOnCancel).
+		if ns := leaseNamespace(leaderElectionNS); ns != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			leases := kubernetes.NewForConfigOrDie(restConfig).CoordinationV1().Leases(ns)
+			if err := deleteReleasedLease(ctx, leases, leaderElectionID); err != nil {
+				ctrl.Log.WithName("setup").Error(err, "Leaving the leader-election Lease behind")
+			}
+		}
 	}
 	return nil
 }

@@ -156,16 +156,16 @@ func (op *operatorRelease) dumpLogs(t *testing.T) {
 // left: no object in any namespace labelled as the release's, no
 // cluster-scoped object named after it, nothing in the release namespace
 // beyond what every namespace has, while the CRDs (which Helm never deletes)
-// stay. The one exception is the manager's leader-election Lease: the
-// manager creates it at run time, so Helm never owned it; it goes with the
-// namespace.
+// stay. That includes the manager's leader-election Lease, which the manager
+// creates at run time (Helm never owned it) and deletes when it exits.
 func (op *operatorRelease) uninstall(t *testing.T) {
 	t.Helper()
 	// Control: before the uninstall the sweep sees the release.
 	dyn, disc := dynamicClients(t)
 	resources := listableResources(t, disc)
 	before := strings.Join(op.sweep(dyn, resources), "\n")
-	for _, want := range []string{"deployments " + op.namespace + "/" + op.name + "-controller-manager ", "clusterroles /" + op.name + "-manager-role "} {
+	for _, want := range []string{"deployments " + op.namespace + "/" + op.name + "-controller-manager ", "clusterroles /" + op.name + "-manager-role ",
+		"leases " + op.namespace + "/modelguard.ml.modelguard.dev "} {
 		if !strings.Contains(before, want) {
 			t.Fatalf("control: before helm uninstall the sweep does not find %q; it found:\n%s", want, before)
 		}
@@ -194,10 +194,6 @@ func (op *operatorRelease) uninstall(t *testing.T) {
 	} else if len(waitedFor) > 0 {
 		t.Logf("the release was gone %.1fs later; waited for the garbage collector to remove: %s",
 			time.Since(began).Seconds(), strings.Join(slices.Sorted(maps.Keys(waitedFor)), "; "))
-	}
-
-	if _, err := client.CoordinationV1().Leases(op.namespace).Get(context.Background(), leaderElectionID, metav1.GetOptions{}); err == nil {
-		t.Logf("left by design: the manager's leader-election Lease %s/%s, which it created at run time (Helm never owned it)", op.namespace, leaderElectionID)
 	}
 
 	for _, crd := range []string{"protectedmodels.ml.modelguard.dev", "trainingjobs.ml.modelguard.dev"} {
@@ -242,13 +238,8 @@ func (op *operatorRelease) sweep(dyn dynamic.Interface, resources []apiResource)
 	return found
 }
 
-// leaderElectionID is the name of the manager's leader-election Lease
-// (cmd/manager).
-const leaderElectionID = "modelguard.ml.modelguard.dev"
-
 // namespaceDefault tells whether an object exists in every namespace,
-// whatever was installed there, is history rather than state, or is the
-// manager's leader-election Lease.
+// whatever was installed there, or is history rather than state.
 func namespaceDefault(gvr schema.GroupVersionResource, name string) bool {
 	switch {
 	case gvr.Resource == "serviceaccounts" && name == "default":
@@ -256,8 +247,6 @@ func namespaceDefault(gvr schema.GroupVersionResource, name string) bool {
 	case gvr.Resource == "configmaps" && name == "kube-root-ca.crt":
 		return true
 	case gvr.Resource == "events":
-		return true
-	case gvr.Group == "coordination.k8s.io" && gvr.Resource == "leases" && name == leaderElectionID:
 		return true
 	}
 	return false
