@@ -24,8 +24,6 @@ import (
 type keyState struct {
 	// DEK is the unwrapped data key. It is never logged or put in status.
 	DEK []byte
-	// ModelDigest is the digest recorded in the bundle's manifest.
-	ModelDigest string
 
 	// KeyReason and KeyMessage explain why the key is not available.
 	KeyReason, KeyMessage string
@@ -57,7 +55,7 @@ func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha
 	manifestKey, state, err := r.manifestKey(ctx, pm)
 	if err == nil && state.Resolving {
 		if dek := r.currentDataKey(ctx, pm, provider.ID()); dek != nil {
-			return keyState{DEK: dek, ModelDigest: pm.Spec.Weights.Digest, KEKID: provider.ID()}, nil
+			return keyState{DEK: dek, KEKID: provider.ID()}, nil
 		}
 	}
 	if err != nil || state.Resolving || state.BundleReason != "" {
@@ -74,7 +72,7 @@ func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha
 	if err != nil {
 		return keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: err.Error()}, nil
 	}
-	return keyState{DEK: dek, ModelDigest: manifestKey.ModelDigest, KEKID: provider.ID()}, nil
+	return keyState{DEK: dek, KEKID: provider.ID()}, nil
 }
 
 // currentDataKey returns the data key already in the model's data-key Secret

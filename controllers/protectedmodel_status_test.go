@@ -44,7 +44,7 @@ func cond(conditionType string, status metav1.ConditionStatus, reason, message s
 // servingObservation is a model whose every prerequisite holds.
 func servingObservation() observation {
 	return observation{
-		Key:                 keyState{DEK: testDEK, ModelDigest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+		Key:                 keyState{DEK: testDEK},
 		MemoryCoversWeights: true,
 		DesiredReplicas:     2,
 		PolicyApplied:       true,
