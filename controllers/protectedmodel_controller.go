@@ -9,13 +9,13 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -24,6 +24,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	children "github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/policy"
 )
 
 // keyRetryInterval is how often a model whose key Secret is missing or wrong
@@ -45,14 +46,15 @@ type ProtectedModelReconciler struct {
 // +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 
-// Reconcile resolves the data key, applies the children, and writes the
-// status once.
+// Reconcile resolves the data key, applies the children, reads back what is
+// in force, and writes the status once.
 func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	pm := &mlv1alpha1.ProtectedModel{}
 	if err := r.Get(ctx, req.NamespacedName, pm); err != nil {
@@ -63,27 +65,31 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, nil // Owner references garbage-collect the children.
 	}
 
+	live := newModelChildren(pm)
 	// The key-resolve Job's pod runs as the model's ServiceAccount and is
 	// selected by its NetworkPolicy: both exist before the Job, so that its
 	// pod is neither rejected for a missing account nor ever unisolated.
-	if err := r.applyIdentityAndIsolation(ctx, pm); err != nil {
+	if err := r.applyIdentityAndIsolation(ctx, pm, live); err != nil {
 		return ctrl.Result{}, err
 	}
 	key, err := r.resolveKey(ctx, pm)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	obs, err := r.applyChildren(ctx, pm, key)
+	obs, err := r.applyChildren(ctx, pm, key, live)
 	// Zero the key as soon as the Secret is applied; obs keeps only the fact
 	// that one was unwrapped.
 	clear(key.DEK)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.observe(ctx, pm, &obs); err != nil {
+	observed, err := observeWorkload(ctx, r.Client, live.workloadChildren(pm))
+	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := r.updateStatusIfChanged(ctx, pm, computeStatus(pm, obs)); err != nil {
+	observed.PodSecurityViolations, observed.BundleHostProblem = obs.PodSecurityViolations, obs.BundleHostProblem
+	obs.workloadFacts = observed
+	if err := writeStatusIfChanged(ctx, r.Client, r.Recorder, pm, protectedModelStatus, computeStatus(pm, obs)); err != nil {
 		if apierrors.IsConflict(err) {
 			// The model changed since the cache gave it to us, often our own
 			// status write not yet seen; the watch event of the newer version
@@ -99,63 +105,104 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	return ctrl.Result{}, nil
 }
 
+// modelChildren are the live children of a model as the reconcile observed
+// them, and what was built for them.
+type modelChildren struct {
+	serviceAccount    *corev1.ServiceAccount
+	policy            *networkingv1.NetworkPolicy
+	desiredPolicy     *networkingv1ac.NetworkPolicyApplyConfiguration
+	service           *corev1.Service
+	deployment        *appsv1.Deployment
+	desiredDeployment *appsv1ac.DeploymentApplyConfiguration
+}
+
+func newModelChildren(pm *mlv1alpha1.ProtectedModel) *modelChildren {
+	meta := objectMeta(pm.Namespace, pm.Name)
+	return &modelChildren{
+		serviceAccount: &corev1.ServiceAccount{ObjectMeta: meta},
+		policy:         &networkingv1.NetworkPolicy{ObjectMeta: meta},
+		desiredPolicy:  children.ModelNetworkPolicy(pm),
+		service:        &corev1.Service{ObjectMeta: meta},
+		deployment:     &appsv1.Deployment{ObjectMeta: meta},
+	}
+}
+
+// workloadChildren are the children observeWorkload reads back.
+func (m *modelChildren) workloadChildren(pm *mlv1alpha1.ProtectedModel) workloadChildren {
+	desiredPolicy, err := typed[networkingv1.NetworkPolicy](m.desiredPolicy)
+	if err != nil {
+		panic(err) // built by our own builder: cannot fail
+	}
+	server, err := typed[corev1.PodTemplateSpec](m.desiredDeployment.Spec.Template)
+	if err != nil {
+		panic(err)
+	}
+	keyResolve := &corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{
+		Labels: children.PodLabels(children.ForProtectedModel(pm), mlv1alpha1.ComponentKeyResolve)}}
+	return workloadChildren{
+		Workload:      children.ForProtectedModel(pm),
+		Policy:        m.policy,
+		DesiredPolicy: desiredPolicy,
+		Templates:     map[string]*corev1.PodTemplateSpec{mlv1alpha1.ComponentServer: server, mlv1alpha1.ComponentKeyResolve: keyResolve},
+		Component:     mlv1alpha1.ComponentServer,
+		Controller:    m.deployment,
+		Managed:       []client.Object{m.service, m.serviceAccount},
+	}
+}
+
 // applyIdentityAndIsolation applies the ServiceAccount and the
 // NetworkPolicy, which every pod of the model needs before it starts.
-func (r *ProtectedModelReconciler) applyIdentityAndIsolation(ctx context.Context, pm *mlv1alpha1.ProtectedModel) error {
-	if _, err := applyIfChanged(ctx, r.Client, &corev1.ServiceAccount{ObjectMeta: objectMeta(pm, pm.Name)},
-		children.ServiceAccount(pm), corev1ac.ExtractServiceAccount); err != nil {
+func (r *ProtectedModelReconciler) applyIdentityAndIsolation(ctx context.Context, pm *mlv1alpha1.ProtectedModel, live *modelChildren) error {
+	if _, err := applyIfChanged(ctx, r.Client, live.serviceAccount,
+		children.ServiceAccount(children.ForProtectedModel(pm)), corev1ac.ExtractServiceAccount, enforce); err != nil {
 		return err
 	}
-	_, err := applyIfChanged(ctx, r.Client, &networkingv1.NetworkPolicy{ObjectMeta: objectMeta(pm, pm.Name)},
-		children.NetworkPolicy(pm), networkingv1ac.ExtractNetworkPolicy)
+	_, err := applyIfChanged(ctx, r.Client, live.policy, live.desiredPolicy, networkingv1ac.ExtractNetworkPolicy, enforce)
 	return err
 }
 
 // applyChildren applies the rest of the children, once the ServiceAccount
 // and the NetworkPolicy are in place (applyIdentityAndIsolation) so that no
-// pod ever runs without them; the Deployment is scaled to zero unless every
-// protection prerequisite holds (fail closed).
-func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState) (observation, error) {
+// pod ever runs without them; the Deployment is scaled to zero unless the
+// serving chain passes (fail closed).
+func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState, live *modelChildren) (observation, error) {
 	obs := observation{
 		Key:                 key,
 		MemoryCoversWeights: children.MemoryCoversWeights(pm),
 		DesiredReplicas:     children.Replicas(pm),
-		BundleLocation:      children.BundleLocation(pm),
+		BundleLocation:      children.BundleLocation(&pm.Spec.Weights),
 		KeyProvider:         pm.Spec.Weights.Key.Provider(),
-		BundleHostProblem:   bundleHostProblem(ctx, pm),
-		// Reconcile applied it, with the ServiceAccount, before anything else.
-		PolicyApplied: true,
+		// applyIdentityAndIsolation applied it before anything else.
+		workloadFacts: workloadFacts{PolicyApplied: true},
 	}
-	if pm.Spec.GPU != nil {
-		obs.GPUCount = pm.Spec.GPU.Count
-	}
+	obs.BundleHostProblem = bundleHostProblem(ctx, pm.Spec.Weights.Source.HTTP, children.ForProtectedModel(pm).Network.AllowedEgress)
 
-	if _, err := applyIfChanged(ctx, r.Client, &corev1.Service{ObjectMeta: objectMeta(pm, pm.Name)},
-		children.Service(pm), corev1ac.ExtractService); err != nil {
+	if _, err := applyIfChanged(ctx, r.Client, live.service, children.Service(pm), corev1ac.ExtractService, enforce); err != nil {
 		return obs, err
 	}
 
 	facts := r.facts()
+	facts.Replicas = obs.DesiredReplicas
 	// The data key goes out only while the model may serve: a stalled model
 	// (e.g. too little memory for the plaintext) has none (fail closed).
-	if reason, _ := stallReason(obs); key.DEK != nil && reason == "" {
+	if _, _, stalled := policy.Stalled.Evaluate(obs.policyFacts()); key.DEK != nil && !stalled {
 		facts.DataKeyHash = children.DataKeyHash(key.DEK)
-		if _, err := applyIfChanged(ctx, r.Client, &corev1.Secret{ObjectMeta: objectMeta(pm, children.DataKeySecretName(pm))},
-			children.DataKeySecret(pm, key.DEK, key.KEKID), corev1ac.ExtractSecret); err != nil {
+		if _, err := applyIfChanged(ctx, r.Client, &corev1.Secret{ObjectMeta: objectMeta(pm.Namespace, children.DataKeySecretName(pm))},
+			children.DataKeySecret(pm, key.DEK, key.KEKID), corev1ac.ExtractSecret, enforce); err != nil {
 			return obs, err
 		}
 	} else if err := r.revokeDataKey(ctx, pm); err != nil {
 		return obs, err
 	}
 
-	deployment := children.Deployment(pm, facts)
-	obs.PodSecurityViolations = podSecurityViolations(deployment.Spec.Template)
-	if canServe(obs) {
-		facts.Replicas = obs.DesiredReplicas
-		deployment = children.Deployment(pm, facts)
+	// The pod template is built once; only the replica count depends on
+	// whether the model may serve.
+	live.desiredDeployment = children.Deployment(pm, facts)
+	obs.PodSecurityViolations = policy.PodSecurityViolations(live.desiredDeployment.Spec.Template)
+	if _, _, failed := policy.Serving.Evaluate(obs.policyFacts()); failed {
+		live.desiredDeployment.Spec.Replicas = ptr.To[int32](0)
 	}
-	if _, err := applyIfChanged(ctx, r.Client, &appsv1.Deployment{ObjectMeta: objectMeta(pm, pm.Name)},
-		deployment, appsv1ac.ExtractDeployment); err != nil {
+	if _, err := applyIfChanged(ctx, r.Client, live.deployment, live.desiredDeployment, appsv1ac.ExtractDeployment, enforce); err != nil {
 		return obs, err
 	}
 	return obs, nil
@@ -169,7 +216,7 @@ func (r *ProtectedModelReconciler) facts() children.ProtectedModelFacts {
 // revokeDataKey deletes the data-key Secret when the key is no longer
 // available, so that no new pod can start with it.
 func (r *ProtectedModelReconciler) revokeDataKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) error {
-	secret := &corev1.Secret{ObjectMeta: objectMeta(pm, children.DataKeySecretName(pm))}
+	secret := &corev1.Secret{ObjectMeta: objectMeta(pm.Namespace, children.DataKeySecretName(pm))}
 	if err := r.Get(ctx, client.ObjectKeyFromObject(secret), secret); err != nil {
 		return client.IgnoreNotFound(err)
 	}
@@ -179,103 +226,14 @@ func (r *ProtectedModelReconciler) revokeDataKey(ctx context.Context, pm *mlv1al
 	return nil
 }
 
-// observe reads back the children the status is computed from.
-func (r *ProtectedModelReconciler) observe(ctx context.Context, pm *mlv1alpha1.ProtectedModel, obs *observation) error {
-	deployment := &appsv1.Deployment{}
-	switch err := r.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: pm.Name}, deployment); {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return fmt.Errorf("reading Deployment: %w", err)
-	default:
-		obs.Deployment = deployment
-	}
-	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(pm.Namespace), client.MatchingLabels{
-		mlv1alpha1.LabelModel: pm.Name, children.LabelComponent: children.ComponentServer,
-	}); err != nil {
-		return fmt.Errorf("listing pods: %w", err)
-	}
-	obs.Pods = pods.Items
-
-	managed := []client.Object{deployment, &corev1.Service{}, &networkingv1.NetworkPolicy{}, &corev1.ServiceAccount{}}
-	for _, obj := range managed[1:] {
-		if err := r.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: pm.Name}, obj); err != nil {
-			return fmt.Errorf("reading %T: %w", obj, err)
-		}
-	}
-	for i := range pods.Items {
-		managed = append(managed, &pods.Items[i])
-	}
-	for _, obj := range managed {
-		if obj.GetName() != "" && !hasOwnershipAnnotations(obj) {
-			obs.ObjectsMissingOwnership = append(obs.ObjectsMissingOwnership, fmt.Sprintf("%T %s", obj, obj.GetName()))
-		}
-	}
-	return nil
+func objectMeta(namespace, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: namespace, Name: name}
 }
 
-func hasOwnershipAnnotations(obj client.Object) bool {
-	annotations := obj.GetAnnotations()
-	for _, key := range []string{mlv1alpha1.AnnotationOwner, mlv1alpha1.AnnotationLicense, mlv1alpha1.AnnotationCopyright,
-		mlv1alpha1.AnnotationClassification, mlv1alpha1.AnnotationPatents, mlv1alpha1.AnnotationWeightsDigest} {
-		if _, ok := annotations[key]; !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// updateStatusIfChanged writes the status once, only when it changed, and
-// emits an event for each condition that changed status.
-func (r *ProtectedModelReconciler) updateStatusIfChanged(ctx context.Context, pm *mlv1alpha1.ProtectedModel, status mlv1alpha1.ProtectedModelStatus) error {
-	if equality.Semantic.DeepEqual(pm.Status, status) {
-		return nil
-	}
-	before := pm.DeepCopy()
-	pm.Status = status
-	// The optimistic lock makes a status computed from a stale copy fail
-	// instead of repeating transitions (and their events) already written.
-	if err := r.Status().Patch(ctx, pm, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("writing status: %w", err)
-	}
-	logf.FromContext(ctx).V(1).Info("Status updated", "phase", status.Phase)
-	for _, c := range status.Conditions {
-		old := findCondition(before.Status.Conditions, c.Type)
-		if old != nil && old.Status == c.Status {
-			continue
-		}
-		eventType := corev1.EventTypeNormal
-		if (c.Status == metav1.ConditionFalse && c.Type != mlv1alpha1.ConditionReconciling) ||
-			(c.Type == mlv1alpha1.ConditionStalled && c.Status == metav1.ConditionTrue) {
-			eventType = corev1.EventTypeWarning
-		}
-		if c.Status == metav1.ConditionUnknown {
-			continue
-		}
-		// The condition type is the action: the events library folds events
-		// with the same reason and action into one series showing only the
-		// latest note, and conditions often share a reason (e.g.
-		// WeightsVerified, Ready and Stalled all say BundleTampered).
-		r.Recorder.Eventf(pm, nil, eventType, c.Reason, c.Type, "%s=%s: %s", c.Type, c.Status, c.Message)
-	}
-	return nil
-}
-
-func findCondition(conditions []metav1.Condition, t string) *metav1.Condition {
-	for i := range conditions {
-		if conditions[i].Type == t {
-			return &conditions[i]
-		}
-	}
-	return nil
-}
-
-func objectMeta(pm *mlv1alpha1.ProtectedModel, name string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: pm.Namespace, Name: name}
-}
-
-// SetupWithManager watches ProtectedModels, every child kind, and the pods
-// of models (for scheduling and unseal results).
+// SetupWithManager watches ProtectedModels, every child kind, the pods of
+// models (for scheduling and unseal results), and every NetworkPolicy in
+// their namespaces: another policy that selects a model's pods can break its
+// isolation.
 func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	podToModel := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		name, ok := obj.GetLabels()[mlv1alpha1.LabelModel]
@@ -290,9 +248,23 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&corev1.Secret{}).
-		Owns(&networkingv1.NetworkPolicy{}).
 		Owns(&batchv1.Job{}).
+		Watches(&networkingv1.NetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespace)).
 		Watches(&corev1.Pod{}, podToModel).
 		Named("protectedmodel").
 		Complete(r)
+}
+
+// modelsInNamespace wakes every model in the object's namespace.
+func (r *ProtectedModelReconciler) modelsInNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	models := &mlv1alpha1.ProtectedModelList{}
+	if err := r.List(ctx, models, client.InNamespace(obj.GetNamespace())); err != nil {
+		logf.FromContext(ctx).Error(err, "Listing the models a NetworkPolicy may affect")
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(models.Items))
+	for i := range models.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&models.Items[i])})
+	}
+	return requests
 }

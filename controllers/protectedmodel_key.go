@@ -9,7 +9,6 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	batchv1ac "k8s.io/client-go/applyconfigurations/batch/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -83,7 +82,7 @@ func (r *ProtectedModelReconciler) currentDataKey(ctx context.Context, pm *mlv1a
 	if err := r.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: builder.DataKeySecretName(pm)}, secret); err != nil {
 		return nil
 	}
-	if secret.Annotations[builder.AnnotationBundleFingerprint] != builder.BundleFingerprint(pm, kekID) {
+	if secret.Annotations[builder.AnnotationBundleFingerprint] != builder.BundleFingerprint(&pm.Spec.Weights, kekID) {
 		return nil
 	}
 	dek, err := keys.ParseDEK(secret.Data[builder.DataKeySecretKey])
@@ -96,46 +95,35 @@ func (r *ProtectedModelReconciler) currentDataKey(ctx context.Context, pm *mlv1a
 // keyProvider loads the key-encryption key named by the spec. A nil provider
 // comes with the reason in the returned state.
 func (r *ProtectedModelReconciler) keyProvider(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (keys.Provider, keyState) {
-	ref := pm.Spec.Weights.Key.SecretRef
-	if ref == nil {
-		return nil, keyState{
-			KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable,
-			KeyMessage: fmt.Sprintf("key provider %s is not supported by this operator version; use spec.weights.key.secretRef",
-				pm.Spec.Weights.Key.Provider()),
-		}
-	}
-	// The KEK Secret is read through the uncached reader so that the manager
-	// never watches or caches Secrets it does not own.
-	secret := &corev1.Secret{}
-	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: pm.Namespace, Name: ref.Name}, secret)
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound,
-			KeyMessage: fmt.Sprintf("Secret %s named by spec.weights.key.secretRef does not exist", ref.Name)}
-	case err != nil:
-		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable,
-			KeyMessage: fmt.Sprintf("reading Secret %s: %s", ref.Name, apiErrorSummary(err))}
-	}
-	if _, ok := secret.Data[ref.Key]; !ok {
-		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyNotInSecret,
-			KeyMessage: fmt.Sprintf("Secret %s has no key %q named by spec.weights.key.secretRef.key", ref.Name, ref.Key)}
-	}
-	kek, err := keys.KEKFromSecret(secret, ref.Key)
+	provider, err := keys.ProviderFor(ctx, pm.Spec.Weights.Key, pm.Namespace, "spec.weights.key", r.getSecret)
 	if err != nil {
-		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed,
-			KeyMessage: fmt.Sprintf("Secret %s key %q: %s", ref.Name, ref.Key, err.Error())}
+		var failure *keys.ProviderError
+		if errors.As(err, &failure) {
+			return nil, keyState{KeyReason: failure.Reason, KeyMessage: failure.Message}
+		}
+		return nil, keyState{KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable, KeyMessage: err.Error()}
 	}
-	return kek, keyState{}
+	return provider, keyState{}
+}
+
+// getSecret reads a key Secret through the uncached reader, so that the
+// manager never watches or caches Secrets it does not own.
+func (r *ProtectedModelReconciler) getSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	secret := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
+		return nil, err
+	}
+	return secret, nil
 }
 
 // manifestKey returns the bundle's key record, starting the key-resolve Job
 // when it has not run yet.
 func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (*resolvedKey, keyState, error) {
-	job := &batchv1.Job{}
-	facts := r.facts()
-	job.Name, job.Namespace = builder.KeyResolveJobName(pm, facts), pm.Namespace
-	desired := builder.KeyResolveJob(pm, facts)
-	if _, err := applyIfChanged(ctx, r.Client, job, desired, batchv1ac.ExtractJob); err != nil {
+	// The Job's name covers its whole template, which the API server never
+	// lets change: it is created once and then only read.
+	desired := builder.KeyResolveJob(pm, r.facts())
+	job := &batchv1.Job{ObjectMeta: objectMeta(pm.Namespace, *desired.Name)}
+	if _, err := applyIfChanged(ctx, r.Client, job, desired, batchv1ac.ExtractJob, createOnce); err != nil {
 		return nil, keyState{}, err
 	}
 	if err := r.deleteStaleKeyResolveJobs(ctx, pm, job.Name); err != nil {
@@ -147,7 +135,7 @@ func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alph
 		return nil, keyState{}, fmt.Errorf("listing key-resolve pods: %w", err)
 	}
 	for i := range pods.Items {
-		message, exitCode, done := terminated(pods.Items[i].Status.ContainerStatuses, builder.KeyResolveContainerName)
+		message, exitCode, done := terminated(pods.Items[i].Status.ContainerStatuses, mlv1alpha1.ContainerKeyResolve)
 		if !done || exitCode != 0 {
 			continue
 		}
@@ -161,7 +149,7 @@ func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alph
 	if jobFailed(job) {
 		reason, message := mlv1alpha1.ReasonUnsealFailed, "the key-resolve Job failed to read the bundle's manifest"
 		for i := range pods.Items {
-			if m, code, done := terminated(pods.Items[i].Status.ContainerStatuses, builder.KeyResolveContainerName); done && code != 0 && m != "" {
+			if m, code, done := terminated(pods.Items[i].Status.ContainerStatuses, mlv1alpha1.ContainerKeyResolve); done && code != 0 && m != "" {
 				reason, message = classifyUnsealError(m), m
 			}
 		}
@@ -173,7 +161,7 @@ func (r *ProtectedModelReconciler) manifestKey(ctx context.Context, pm *mlv1alph
 func (r *ProtectedModelReconciler) deleteStaleKeyResolveJobs(ctx context.Context, pm *mlv1alpha1.ProtectedModel, current string) error {
 	jobs := &batchv1.JobList{}
 	if err := r.List(ctx, jobs, client.InNamespace(pm.Namespace), client.MatchingLabels{
-		mlv1alpha1.LabelModel: pm.Name, builder.LabelComponent: builder.ComponentKeyResolve,
+		mlv1alpha1.LabelModel: pm.Name, mlv1alpha1.LabelComponent: mlv1alpha1.ComponentKeyResolve,
 	}); err != nil {
 		return fmt.Errorf("listing key-resolve Jobs: %w", err)
 	}
@@ -227,13 +215,4 @@ func classifyUnsealError(message string) string {
 		return mlv1alpha1.ReasonBundleTampered
 	}
 	return mlv1alpha1.ReasonUnsealFailed
-}
-
-// apiErrorSummary keeps API errors short in conditions.
-func apiErrorSummary(err error) string {
-	var status apierrors.APIStatus
-	if errors.As(err, &status) {
-		return string(status.Status().Reason)
-	}
-	return err.Error()
 }

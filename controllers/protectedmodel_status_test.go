@@ -20,6 +20,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/keys"
+	"github.com/modelguard/modelguard/internal/policy"
 	"github.com/modelguard/modelguard/internal/seal"
 )
 
@@ -47,9 +48,9 @@ func servingObservation() observation {
 		Key:                 keyState{DEK: testDEK},
 		MemoryCoversWeights: true,
 		DesiredReplicas:     2,
-		PolicyApplied:       true,
 		BundleLocation:      "/var/run/modelguard/bundle",
 		KeyProvider:         mlv1alpha1.KeyProviderSecret,
+		workloadFacts:       workloadFacts{PolicyApplied: true},
 	}
 }
 
@@ -106,12 +107,12 @@ type setterCase struct {
 	want  metav1.Condition
 }
 
-func runSetter(t *testing.T, conditionType string, setter func(*mlv1alpha1.ProtectedModelStatus, int64, observation), tests []setterCase) {
+func runSetter(t *testing.T, conditionType string, setter func(*[]metav1.Condition, int64, observation), tests []setterCase) {
 	t.Helper()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			status := mlv1alpha1.ProtectedModelStatus{Conditions: append([]metav1.Condition(nil), tc.prior...)}
-			setter(&status, generation, tc.obs)
+			setter(&status.Conditions, generation, tc.obs)
 			got := meta.FindStatusCondition(status.Conditions, conditionType)
 			if got == nil {
 				t.Fatalf("no %s condition set", conditionType)
@@ -130,7 +131,7 @@ func runSetter(t *testing.T, conditionType string, setter func(*mlv1alpha1.Prote
 }
 
 func TestSetKeyAvailableCondition(t *testing.T) {
-	runSetter(t, mlv1alpha1.ConditionKeyAvailable, setKeyAvailableCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionKeyAvailable, func(c *[]metav1.Condition, gen int64, o observation) { setKeyAvailableCondition(c, gen, o.Key) }, []setterCase{{
 		name: "data key unwrapped",
 		obs:  servingObservation(),
 		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
@@ -176,7 +177,9 @@ func TestSetKeyAvailableCondition(t *testing.T) {
 }
 
 func TestSetWeightsEncryptedCondition(t *testing.T) {
-	runSetter(t, mlv1alpha1.ConditionWeightsEncrypted, setWeightsEncryptedCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionWeightsEncrypted, func(c *[]metav1.Condition, gen int64, o observation) {
+		setWeightsEncryptedCondition(c, gen, o.BundleLocation)
+	}, []setterCase{{
 		name: "volume bundle",
 		obs:  servingObservation(),
 		want: cond(mlv1alpha1.ConditionWeightsEncrypted, metav1.ConditionTrue, mlv1alpha1.ReasonSealedBundle,
@@ -199,7 +202,9 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 	verifiedEarlier := metav1.Condition{Type: mlv1alpha1.ConditionWeightsVerified, Status: metav1.ConditionTrue,
 		Reason: mlv1alpha1.ReasonDigestVerified, Message: verified.Message, ObservedGeneration: 2, LastTransitionTime: longAgo}
 
-	runSetter(t, mlv1alpha1.ConditionWeightsVerified, setWeightsVerifiedCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionWeightsVerified, func(c *[]metav1.Condition, gen int64, o observation) {
+		setWeightsVerifiedCondition(c, gen, o.Key, o.Pods)
+	}, []setterCase{{
 		name: "unseal succeeded",
 		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3")} }),
 		want: verified,
@@ -256,7 +261,9 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 
 func TestSetNetworkIsolatedCondition(t *testing.T) {
 	problem := "the bundle host 203.0.113.10 (203.0.113.10) port 443 is not covered by spec.network.allowedEgress, so the download would be blocked; add a CIDR that covers it"
-	runSetter(t, mlv1alpha1.ConditionNetworkIsolated, setNetworkIsolatedCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionNetworkIsolated, func(c *[]metav1.Condition, gen int64, o observation) {
+		setNetworkIsolatedCondition(c, gen, o.workloadFacts)
+	}, []setterCase{{
 		name: "policy applied",
 		obs:  servingObservation(),
 		want: cond(mlv1alpha1.ConditionNetworkIsolated, metav1.ConditionTrue, mlv1alpha1.ReasonPolicyApplied,
@@ -274,7 +281,7 @@ func TestSetNetworkIsolatedCondition(t *testing.T) {
 }
 
 func TestSetHardenedCondition(t *testing.T) {
-	runSetter(t, mlv1alpha1.ConditionHardened, setHardenedCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionHardened, func(c *[]metav1.Condition, gen int64, o observation) { setHardenedCondition(c, gen, o.workloadFacts) }, []setterCase{{
 		name: "restricted",
 		obs:  servingObservation(),
 		want: cond(mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted,
@@ -295,7 +302,9 @@ func TestSetGPUScheduledCondition(t *testing.T) {
 		return with(servingObservation(), func(o *observation) { o.GPUCount, o.Pods = count, pods })
 	}
 	pending := cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionUnknown, mlv1alpha1.ReasonSchedulingPending, "no pod has been scheduled yet")
-	runSetter(t, mlv1alpha1.ConditionGPUScheduled, setGPUScheduledCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionGPUScheduled, func(c *[]metav1.Condition, gen int64, o observation) {
+		setGPUScheduledCondition(c, gen, o.workloadFacts)
+	}, []setterCase{{
 		name: "no GPU asked for",
 		obs:  gpus(0, scheduling(corev1.ConditionTrue, "", "")),
 		want: cond(mlv1alpha1.ConditionGPUScheduled, metav1.ConditionTrue, mlv1alpha1.ReasonNoGPURequested, "spec.gpu asks for no GPU"),
@@ -336,7 +345,9 @@ func TestSetGPUScheduledCondition(t *testing.T) {
 }
 
 func TestSetOwnershipRecordedCondition(t *testing.T) {
-	runSetter(t, mlv1alpha1.ConditionOwnershipRecorded, setOwnershipRecordedCondition, []setterCase{{
+	runSetter(t, mlv1alpha1.ConditionOwnershipRecorded, func(c *[]metav1.Condition, gen int64, o observation) {
+		setOwnershipRecordedCondition(c, gen, o.workloadFacts)
+	}, []setterCase{{
 		name: "every object annotated",
 		obs:  servingObservation(),
 		want: cond(mlv1alpha1.ConditionOwnershipRecorded, metav1.ConditionTrue, mlv1alpha1.ReasonOwnershipAnnotated,
@@ -380,15 +391,15 @@ func TestStallReasonAndCanServe(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			reason, message := stallReason(tc.obs)
+			reason, message, _ := policy.Stalled.Evaluate(tc.obs.policyFacts())
 			if reason != tc.reason {
 				t.Errorf("stallReason = %q, want %q", reason, tc.reason)
 			}
 			if (reason == "") != (message == "") {
 				t.Errorf("stallReason gave reason %q with message %q", reason, message)
 			}
-			if got := canServe(tc.obs); got != tc.canServe {
-				t.Errorf("canServe = %v, want %v", got, tc.canServe)
+			if _, _, failed := policy.Serving.Evaluate(tc.obs.policyFacts()); !failed != tc.canServe {
+				t.Errorf("canServe = %v, want %v", !failed, tc.canServe)
 			}
 		})
 	}
@@ -551,7 +562,7 @@ func TestRecoveryRemovesStalled(t *testing.T) {
 func TestComputeStatusIsStable(t *testing.T) {
 	observations := map[string]observation{
 		"serving":   with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")}; o.Deployment = availableDeployment(2) }),
-		"resolving": {Key: keyState{Resolving: true}, MemoryCoversWeights: true, PolicyApplied: true},
+		"resolving": {Key: keyState{Resolving: true}, MemoryCoversWeights: true, workloadFacts: workloadFacts{PolicyApplied: true}},
 		"stalled":   with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
 		"tampered":  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
 		"unschedulable": with(servingObservation(), func(o *observation) {

@@ -47,7 +47,8 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	return nil
 }
 
-// CacheOptions scope the manager's cache to what ModelGuard manages. Above
+// CacheOptions scope the manager's cache to what ModelGuard manages, and the
+// NetworkPolicies that may affect it. Above
 // all, it never caches Secrets other than its own data-key Secrets: key
 // Secrets are read directly when needed.
 func CacheOptions() cache.Options {
@@ -58,12 +59,16 @@ func CacheOptions() cache.Options {
 				mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue,
 				mlv1alpha1.LabelDataKey:   "true",
 			})},
-			&corev1.Pod{}:                 managed,
-			&corev1.Service{}:             managed,
-			&corev1.ServiceAccount{}:      managed,
-			&appsv1.Deployment{}:          managed,
-			&batchv1.Job{}:                managed,
-			&networkingv1.NetworkPolicy{}: managed,
+			&corev1.Pod{}:            managed,
+			&corev1.Service{}:        managed,
+			&corev1.ServiceAccount{}: managed,
+			&appsv1.Deployment{}:     managed,
+			&appsv1.ReplicaSet{}:     managed,
+			&batchv1.Job{}:           managed,
+			// Every NetworkPolicy, not only ModelGuard's: another one that
+			// selects a workload's pods can break its isolation. They hold
+			// no secrets.
+			&networkingv1.NetworkPolicy{}: {},
 		},
 	}
 }

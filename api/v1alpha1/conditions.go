@@ -110,6 +110,10 @@ const (
 	ReasonPolicyApplied = "PolicyApplied"
 	// ReasonPolicyNotApplied means the NetworkPolicy could not be applied.
 	ReasonPolicyNotApplied = "PolicyNotApplied"
+	// ReasonForeignPolicyAllows means another NetworkPolicy in the namespace
+	// selects the workload's pods and allows traffic that ModelGuard's policy
+	// does not: policies add up, so the isolation is broken.
+	ReasonForeignPolicyAllows = "ForeignPolicyAllows"
 	// ReasonBundleHostNotAllowed means the https bundle's host is not
 	// covered by network.allowedEgress, so the download would be blocked.
 	ReasonBundleHostNotAllowed = "BundleHostNotAllowed"
@@ -120,6 +124,9 @@ const (
 	ReasonRestricted = "PodSecurityRestricted"
 	// ReasonNotRestricted means a pod fails Pod Security "restricted".
 	ReasonNotRestricted = "PodSecurityViolation"
+	// ReasonPodSpecDrift means a live pod differs from the generated
+	// template, e.g. a container was added or a command changed.
+	ReasonPodSpecDrift = "PodSpecDrift"
 
 	// GPUScheduled.
 

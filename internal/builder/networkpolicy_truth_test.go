@@ -71,7 +71,7 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 			AllowEgress("10.20.0.0/16", 443).
 			EgressRule(mlv1alpha1.EgressRule{CIDR: "198.51.100.0/24", Except: []mlv1alpha1.CIDR{"198.51.100.128/25"}})
 	})
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.NetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
 
 	serverLabels := deployment(t, pm, servingFacts(1)).Spec.Template.Labels
 	keyResolveLabels := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1))).Spec.Template.Labels
@@ -122,7 +122,7 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 
 func TestNetworkPolicyTruthTableWithoutNetworkBlock(t *testing.T) {
 	pm := model()
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.NetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
 	modelPod := pod(testNamespace, nil, deployment(t, pm, servingFacts(1)).Spec.Template.Labels, "10.244.1.10")
 	sameNamespace := pod(testNamespace, nil, map[string]string{"app": "web"}, "10.244.2.20")
 	dns := pod("kube-system", nil, map[string]string{"k8s-app": "kube-dns"}, "10.244.0.2")
@@ -148,7 +148,7 @@ func TestNetworkPolicyTruthTableIPv6AndPortRanges(t *testing.T) {
 			},
 		})
 	})
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.NetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
 	modelPod := pod(testNamespace, nil, deployment(t, pm, servingFacts(1)).Spec.Template.Labels, "fd00::10")
 	var flows []flow
 	for _, tc := range []struct {

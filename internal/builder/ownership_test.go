@@ -25,14 +25,17 @@ import (
 // the controller calls it. TestEveryObjectBuilderIsSwept keeps the list
 // complete.
 var objectBuilders = map[string]func(*mlv1alpha1.ProtectedModel) any{
-	"ServiceAccount": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ServiceAccount(pm) },
+	"ServiceAccount": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ServiceAccount(builder.ForProtectedModel(pm)) },
 	"DataKeySecret": func(pm *mlv1alpha1.ProtectedModel) any {
 		return builder.DataKeySecret(pm, []byte("0123456789abcdef0123456789abcdef"), "kek:0011223344556677")
 	},
-	"Service":       func(pm *mlv1alpha1.ProtectedModel) any { return builder.Service(pm) },
-	"NetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any { return builder.NetworkPolicy(pm) },
-	"Deployment":    func(pm *mlv1alpha1.ProtectedModel) any { return builder.Deployment(pm, servingFacts(2)) },
-	"KeyResolveJob": func(pm *mlv1alpha1.ProtectedModel) any { return builder.KeyResolveJob(pm, servingFacts(2)) },
+	"Service": func(pm *mlv1alpha1.ProtectedModel) any { return builder.Service(pm) },
+	"NetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any {
+		return builder.NetworkPolicy(builder.ForProtectedModel(pm), builder.Isolation{ServingPort: ptr.To[int32](8080), SameWorkloadPeers: true})
+	},
+	"ModelNetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ModelNetworkPolicy(pm) },
+	"Deployment":         func(pm *mlv1alpha1.ProtectedModel) any { return builder.Deployment(pm, servingFacts(2)) },
+	"KeyResolveJob":      func(pm *mlv1alpha1.ProtectedModel) any { return builder.KeyResolveJob(pm, servingFacts(2)) },
 }
 
 // ownershipSpecs vary everything that could make a builder take another path.

@@ -737,7 +737,7 @@ func TestNetworkPolicy(t *testing.T) {
 			if tc.post != nil {
 				tc.post(pm)
 			}
-			np := asAPI[networkingv1.NetworkPolicy](t, builder.NetworkPolicy(pm))
+			np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
 			if np.Name != "m" || np.Namespace != testNamespace {
 				t.Errorf("NetworkPolicy %s/%s, want %s/m", np.Namespace, np.Name, testNamespace)
 			}
@@ -750,7 +750,7 @@ func TestNetworkPolicy(t *testing.T) {
 
 func TestNetworkPolicySelectsEveryPodOfTheModel(t *testing.T) {
 	pm := model(func(w *builders.ProtectedModelWrapper) { w.GPUs(1) })
-	np := asAPI[networkingv1.NetworkPolicy](t, builder.NetworkPolicy(pm))
+	np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
 	server := deployment(t, pm, servingFacts(1)).Spec.Template.Labels
 	keyResolve := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1))).Spec.Template.Labels
 	for name, podLabels := range map[string]map[string]string{"server": server, "key-resolve": keyResolve} {
@@ -794,7 +794,7 @@ func TestService(t *testing.T) {
 }
 
 func TestServiceAccount(t *testing.T) {
-	sa := asAPI[corev1.ServiceAccount](t, builder.ServiceAccount(model()))
+	sa := asAPI[corev1.ServiceAccount](t, builder.ServiceAccount(builder.ForProtectedModel(model())))
 	if sa.Name != "m" || sa.Namespace != testNamespace {
 		t.Errorf("ServiceAccount %s/%s, want %s/m", sa.Namespace, sa.Name, testNamespace)
 	}
@@ -826,7 +826,7 @@ func TestDataKeySecret(t *testing.T) {
 	if diff := cmp.Diff(want, secret.Data); diff != "" {
 		t.Errorf("data (-want +got):\n%s", diff)
 	}
-	if got, want := secret.Annotations[builder.AnnotationBundleFingerprint], builder.BundleFingerprint(pm, "kek:0011223344556677"); got != want {
+	if got, want := secret.Annotations[builder.AnnotationBundleFingerprint], builder.BundleFingerprint(&pm.Spec.Weights, "kek:0011223344556677"); got != want {
 		t.Errorf("bundle fingerprint annotation = %q, want %q", got, want)
 	}
 	if len(secret.StringData) != 0 {

@@ -1,4 +1,4 @@
-package controllers
+package policy
 
 import (
 	"encoding/json"
@@ -7,22 +7,22 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/pod-security-admission/api"
-	"k8s.io/pod-security-admission/policy"
+	psapolicy "k8s.io/pod-security-admission/policy"
 )
 
 // restrictedEvaluator checks pods against Pod Security "restricted" with the
 // same library the API server's admission plugin uses.
-var restrictedEvaluator = func() policy.Evaluator {
-	e, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+var restrictedEvaluator = func() psapolicy.Evaluator {
+	e, err := psapolicy.NewEvaluator(psapolicy.DefaultChecks(), nil)
 	if err != nil {
 		panic(fmt.Sprintf("building the Pod Security evaluator: %v", err))
 	}
 	return e
 }()
 
-// podSecurityViolations lists how a generated pod template fails Pod
+// PodSecurityViolations lists how a generated pod template fails Pod
 // Security "restricted" (latest); none means it passes.
-func podSecurityViolations(template *corev1ac.PodTemplateSpecApplyConfiguration) []string {
+func PodSecurityViolations(template *corev1ac.PodTemplateSpecApplyConfiguration) []string {
 	data, err := json.Marshal(template)
 	if err != nil {
 		return []string{fmt.Sprintf("pod template cannot be checked: %v", err)}

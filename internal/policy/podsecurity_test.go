@@ -1,4 +1,4 @@
-package controllers
+package policy_test
 
 import (
 	"strings"
@@ -9,6 +9,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/policy"
 	"github.com/modelguard/modelguard/test/builders"
 )
 
@@ -54,7 +55,7 @@ func TestGeneratedPodsPassRestricted(t *testing.T) {
 		}
 		for kind, template := range templates {
 			t.Run(name+"/"+kind, func(t *testing.T) {
-				if violations := podSecurityViolations(template); len(violations) > 0 {
+				if violations := policy.PodSecurityViolations(template); len(violations) > 0 {
 					t.Errorf("pod template fails Pod Security restricted:\n%s", strings.Join(violations, "\n"))
 				}
 			})
@@ -130,7 +131,7 @@ func TestPodSecurityViolationsFindsWeakenedPods(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			template := builder.Deployment(testModel(func(w *builders.ProtectedModelWrapper) { w.GPUs(1) }), servingFacts()).Spec.Template
 			tc.weaken(template)
-			violations := podSecurityViolations(template)
+			violations := policy.PodSecurityViolations(template)
 			found := false
 			for _, v := range violations {
 				found = found || strings.HasPrefix(v, tc.reason+":")

@@ -1,0 +1,74 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+)
+
+// SecretGetter reads one Secret by namespace and name. The operator passes
+// its uncached API reader, so that it never caches Secrets it does not own.
+type SecretGetter func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+
+// ProviderError says why ProviderFor could not load a key-encryption key, as
+// the reason of a KeyAvailable condition and a message that names the spec
+// field. It never holds key material.
+type ProviderError struct {
+	// Reason is one of the api's KeyAvailable reasons, e.g.
+	// ReasonKeySecretNotFound.
+	Reason  string
+	Message string
+}
+
+func (e *ProviderError) Error() string { return e.Message }
+
+// ProviderFor loads the key-encryption key that src names, for a workload in
+// namespace; field is where src sits in the spec (e.g. "spec.weights.key"),
+// for the messages. Errors are *ProviderError. It serves the controllers and
+// any server that unwraps keys, so that every caller reads a KeySource the
+// same way.
+func ProviderFor(ctx context.Context, src mlv1alpha1.KeySource, namespace, field string, getSecret SecretGetter) (Provider, error) {
+	ref := src.SecretRef
+	if ref == nil {
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			Message: fmt.Sprintf("key provider %s is not supported by this operator version; use %s.secretRef", src.Provider(), field)}
+	}
+	secret, err := getSecret(ctx, namespace, ref.Name)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeySecretNotFound,
+			Message: fmt.Sprintf("Secret %s named by %s.secretRef does not exist", ref.Name, field)}
+	case err != nil:
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			Message: fmt.Sprintf("reading Secret %s: %s", ref.Name, apiErrorSummary(err))}
+	}
+	defer func() {
+		for _, v := range secret.Data {
+			clear(v)
+		}
+	}()
+	if _, ok := secret.Data[ref.Key]; !ok {
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyNotInSecret,
+			Message: fmt.Sprintf("Secret %s has no key %q named by %s.secretRef.key", ref.Name, ref.Key, field)}
+	}
+	kek, err := KEKFromSecret(secret, ref.Key)
+	if err != nil {
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyUnwrapFailed,
+			Message: fmt.Sprintf("Secret %s key %q: %s", ref.Name, ref.Key, err.Error())}
+	}
+	return kek, nil
+}
+
+// apiErrorSummary keeps API errors short in conditions.
+func apiErrorSummary(err error) string {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) {
+		return string(status.Status().Reason)
+	}
+	return err.Error()
+}

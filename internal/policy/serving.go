@@ -1,0 +1,55 @@
+package policy
+
+import (
+	"strings"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+)
+
+// Stalled are the failures that need a person to act: the workload is held
+// at zero pods until the spec or the key is fixed.
+var Stalled = Chain{KeyFailed, BundleFailed, MemoryTooSmall}
+
+// Serving decides whether a ProtectedModel may serve: nothing stalls it, its
+// data key is unwrapped, its NetworkPolicy is in place and its pods pass Pod
+// Security "restricted". Anything else fails closed.
+var Serving = append(Stalled[:len(Stalled):len(Stalled)], KeyPending, PolicyMissing, PodSecurityViolated)
+
+// KeyFailed fails when the key-encryption key could not be loaded or did not
+// unwrap the data key.
+func KeyFailed(f Facts) (string, string, bool) {
+	return f.KeyReason, f.KeyMessage, f.KeyReason != ""
+}
+
+// BundleFailed fails when the bundle could not be read or holds another
+// model.
+func BundleFailed(f Facts) (string, string, bool) {
+	return f.BundleReason, f.BundleMessage, f.BundleReason != ""
+}
+
+// MemoryTooSmall fails when the plaintext weights would not fit the pod's
+// memory limit.
+func MemoryTooSmall(f Facts) (string, string, bool) {
+	return mlv1alpha1.ReasonMemoryTooSmall,
+		"spec.server.resources.limits.memory does not exceed spec.weights.memory: the plaintext weights in tmpfs would not fit, so no pod is started",
+		!f.MemoryCoversWeights
+}
+
+// KeyPending fails while the data key is still being resolved.
+func KeyPending(f Facts) (string, string, bool) {
+	return mlv1alpha1.ReasonProgressing, "the data key is not unwrapped yet", !f.KeyUnwrapped
+}
+
+// PolicyMissing fails until the default-deny NetworkPolicy exists, so that no
+// pod ever runs unisolated.
+func PolicyMissing(f Facts) (string, string, bool) {
+	return mlv1alpha1.ReasonPolicyNotApplied, "the default-deny NetworkPolicy is not in force yet", !f.PolicyApplied
+}
+
+// PodSecurityViolated fails when a generated pod template would not pass Pod
+// Security "restricted".
+func PodSecurityViolated(f Facts) (string, string, bool) {
+	return mlv1alpha1.ReasonNotRestricted,
+		"pods violate Pod Security \"restricted\": " + strings.Join(f.PodSecurityViolations, "; "),
+		len(f.PodSecurityViolations) > 0
+}
