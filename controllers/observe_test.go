@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
 	"github.com/modelguard/modelguard/test/builders"

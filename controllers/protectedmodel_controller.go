@@ -205,6 +205,7 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 	if _, err := applyIfChanged(ctx, r.Client, live.deployment, live.desiredDeployment, appsv1ac.ExtractDeployment, enforce); err != nil {
 		return obs, err
 	}
+	obs.Deployment = live.deployment
 	return obs, nil
 }
 
@@ -251,6 +252,7 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&batchv1.Job{}).
 		Watches(&networkingv1.NetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespace)).
 		Watches(&corev1.Pod{}, podToModel).
+		Watches(&appsv1.ReplicaSet{}, podToModel).
 		Named("protectedmodel").
 		Complete(r)
 }

@@ -28,11 +28,15 @@ func IsolationProblem(desired, own *networkingv1.NetworkPolicy, others []network
 	if own == nil {
 		return mlv1alpha1.ReasonPolicyNotApplied, "the default-deny NetworkPolicy is not in force yet"
 	}
+	var unselected []string
 	for _, component := range sortedKeys(pods) {
 		if !selects(own.Spec.PodSelector, pods[component]) {
-			return mlv1alpha1.ReasonPolicyNotApplied,
-				fmt.Sprintf("NetworkPolicy %s does not select the %s pods: its podSelector was changed", own.Name, component)
+			unselected = append(unselected, component)
 		}
+	}
+	if len(unselected) > 0 {
+		return mlv1alpha1.ReasonPolicyNotApplied,
+			fmt.Sprintf("NetworkPolicy %s does not select the %s pods: its podSelector was changed", own.Name, strings.Join(unselected, " and "))
 	}
 	for _, t := range []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress} {
 		if !slices.Contains(own.Spec.PolicyTypes, t) {

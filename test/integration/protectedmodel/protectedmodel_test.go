@@ -63,14 +63,24 @@ func markDeploymentAvailable(t *testing.T, d *appsv1.Deployment) {
 	}
 }
 
-// createServerPod plays the ReplicaSet controller and kubelet: a pod from the
-// Deployment's template with the given status.
+// createServerPod plays the Deployment and ReplicaSet controllers and the
+// kubelet: a pod from the Deployment's template, owned by a ReplicaSet that
+// the Deployment controls, with the given status.
 func createServerPod(t *testing.T, d *appsv1.Deployment, name string, status corev1.PodStatus) {
 	t.Helper()
+	createPod(t, d, name, d.Spec.Template.Spec, status)
+}
+
+// createPod is createServerPod with a pod spec of the test's choosing, as a
+// ReplicaSet makes from an edited template.
+func createPod(t *testing.T, d *appsv1.Deployment, name string, spec corev1.PodSpec, status corev1.PodStatus) {
+	t.Helper()
+	rs := replicaSetOf(t, d)
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: name,
-			Labels: d.Spec.Template.Labels, Annotations: d.Spec.Template.Annotations},
-		Spec: d.Spec.Template.Spec,
+			Labels: d.Spec.Template.Labels, Annotations: d.Spec.Template.Annotations,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(rs, appsv1.SchemeGroupVersion.WithKind("ReplicaSet"))}},
+		Spec: spec,
 	}
 	if err := k8s.Create(context.Background(), pod); err != nil {
 		t.Fatalf("creating server pod: %v", err)
@@ -79,6 +89,27 @@ func createServerPod(t *testing.T, d *appsv1.Deployment, name string, status cor
 	if err := k8s.Status().Update(context.Background(), pod); err != nil {
 		t.Fatalf("writing server pod status: %v", err)
 	}
+}
+
+// replicaSetOf plays the Deployment controller: the ReplicaSet that d
+// controls, created on first use.
+func replicaSetOf(t *testing.T, d *appsv1.Deployment) *appsv1.ReplicaSet {
+	t.Helper()
+	ctx := context.Background()
+	rs := &appsv1.ReplicaSet{}
+	key := client.ObjectKey{Namespace: d.Namespace, Name: d.Name + "-rs"}
+	if err := k8s.Get(ctx, key, rs); err == nil {
+		return rs
+	}
+	rs = &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: d.Namespace, Name: key.Name, Labels: d.Spec.Template.Labels,
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(d, appsv1.SchemeGroupVersion.WithKind("Deployment"))}},
+		Spec: appsv1.ReplicaSetSpec{Replicas: d.Spec.Replicas, Selector: d.Spec.Selector, Template: d.Spec.Template},
+	}
+	if err := k8s.Create(ctx, rs); err != nil {
+		t.Fatalf("creating the Deployment's ReplicaSet: %v", err)
+	}
+	return rs
 }
 
 func unsealedPodStatus(exitCode int32, message string) corev1.PodStatus {
