@@ -9,11 +9,14 @@ import (
 	"os"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -36,91 +39,131 @@ func main() {
 // leaderElectionID names the manager's leader-election Lease.
 const leaderElectionID = "modelguard.ml.modelguard.dev"
 
-func run() error {
-	var (
-		metricsAddr          string
-		probeAddr            string
-		secureMetrics        bool
-		enableLeaderElection bool
-		leaderElectionNS     string
-		unsealImage          string
-		watchNamespaces      string
-		gpuTolerations       string
-		showVersion          bool
-	)
-	flag.StringVar(&metricsAddr, "metrics-bind-address", "0",
-		"Address the metrics endpoint binds to, e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
-	flag.BoolVar(&secureMetrics, "metrics-secure", true,
-		"Serve metrics over HTTPS behind Kubernetes authentication and authorization.")
-	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081",
-		"Address the /healthz and /readyz probes bind to.")
-	flag.BoolVar(&enableLeaderElection, "leader-elect", false,
-		"Elect a leader so that only one of several manager replicas reconciles at a time.")
-	flag.StringVar(&leaderElectionNS, "leader-election-namespace", "",
-		"Namespace of the leader-election Lease; defaults to the manager's own namespace.")
-	flag.StringVar(&unsealImage, "unseal-image", "modelguard:"+version.Version,
-		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
-	flag.StringVar(&watchNamespaces, "watch-namespaces", "",
-		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
-	flag.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
-		`Tolerations, as a JSON list, added to every model and training pod that asks for a GPU, e.g. '[{"key":"gpu-pool","operator":"Exists","effect":"NoSchedule"}]'.`)
-	flag.BoolVar(&showVersion, "version", false, "Print the version and exit.")
-	zapOpts := zap.Options{Development: false}
-	zapOpts.BindFlags(flag.CommandLine)
-	flag.Parse()
+// options are the manager's command-line settings, parsed and checked.
+type options struct {
+	metricsAddr          string
+	probeAddr            string
+	secureMetrics        bool
+	enableLeaderElection bool
+	leaderElectionNS     string
+	unsealImage          string
+	watchNamespaces      map[string]cache.Config
+	gpuTolerations       []corev1.Toleration
+	showVersion          bool
+	zap                  zap.Options
+}
 
-	if showVersion {
+// parseOptions defines the manager's flags on fs and parses args (without
+// the program name). The manager passes flag.CommandLine, which also holds
+// controller-runtime's --kubeconfig.
+func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
+	var o options
+	var watchNamespaces, gpuTolerations string
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", "0",
+		"Address the metrics endpoint binds to, e.g. :8443 for HTTPS or :8080 for HTTP; 0 disables it.")
+	fs.BoolVar(&o.secureMetrics, "metrics-secure", true,
+		"Serve metrics over HTTPS behind Kubernetes authentication and authorization.")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081",
+		"Address the /healthz and /readyz probes bind to.")
+	fs.BoolVar(&o.enableLeaderElection, "leader-elect", false,
+		"Elect a leader so that only one of several manager replicas reconciles at a time.")
+	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "",
+		"Namespace of the leader-election Lease; defaults to the manager's own namespace.")
+	fs.StringVar(&o.unsealImage, "unseal-image", "modelguard:"+version.Version,
+		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
+	fs.StringVar(&watchNamespaces, "watch-namespaces", "",
+		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
+	fs.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
+		`Tolerations, as a JSON list, added to every model and training pod that asks for a GPU, e.g. '[{"key":"gpu-pool","operator":"Exists","effect":"NoSchedule"}]'.`)
+	fs.BoolVar(&o.showVersion, "version", false, "Print the version and exit.")
+	o.zap = zap.Options{Development: false}
+	o.zap.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	var err error
+	if o.watchNamespaces, err = parseNamespaces(watchNamespaces); err != nil {
+		return o, fmt.Errorf("--watch-namespaces: %w", err)
+	}
+	if o.gpuTolerations, err = parseTolerations(gpuTolerations); err != nil {
+		return o, fmt.Errorf("--default-gpu-tolerations: %w", err)
+	}
+	return o, nil
+}
+
+func run() error {
+	o, err := parseOptions(flag.CommandLine, os.Args[1:])
+	if err != nil {
+		return err
+	}
+	if o.showVersion {
 		fmt.Println(version.Version)
 		return nil
 	}
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&o.zap)))
 
+	restConfig := ctrl.GetConfigOrDie()
+	mgr, err := newManager(restConfig, o)
+	if err != nil {
+		return err
+	}
+	if err := addRunnables(mgr, restConfig, o); err != nil {
+		return err
+	}
+	ctrl.Log.WithName("setup").Info("Starting manager", "version", version.Version)
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		return fmt.Errorf("running manager: %w", err)
+	}
+	if o.enableLeaderElection {
+		cleanUpLease(restConfig, o)
+	}
+	return nil
+}
+
+// newManager builds the controller manager: scheme, the scoped cache,
+// metrics and probes, leader election.
+func newManager(restConfig *rest.Config, o options) (ctrl.Manager, error) {
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(mlv1alpha1.AddToScheme(scheme))
 
 	metricsOpts := metricsserver.Options{
-		BindAddress:   metricsAddr,
-		SecureServing: secureMetrics,
+		BindAddress:   o.metricsAddr,
+		SecureServing: o.secureMetrics,
 		// HTTP/2 is off because of the rapid-reset CVEs (GHSA-qppj-fm5r-hxr3).
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
 	}
-	if secureMetrics {
+	if o.secureMetrics {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-
 	cacheOpts := controllers.CacheOptions()
-	namespaces, err := parseNamespaces(watchNamespaces)
-	if err != nil {
-		return fmt.Errorf("--watch-namespaces: %w", err)
+	if len(o.watchNamespaces) > 0 {
+		cacheOpts.DefaultNamespaces = o.watchNamespaces
 	}
-	if len(namespaces) > 0 {
-		cacheOpts.DefaultNamespaces = namespaces
-	}
-
-	restConfig := ctrl.GetConfigOrDie()
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
 		Cache:                   cacheOpts,
 		Metrics:                 metricsOpts,
-		HealthProbeBindAddress:  probeAddr,
-		LeaderElection:          enableLeaderElection,
+		HealthProbeBindAddress:  o.probeAddr,
+		LeaderElection:          o.enableLeaderElection,
 		LeaderElectionID:        leaderElectionID,
-		LeaderElectionNamespace: leaderElectionNS,
+		LeaderElectionNamespace: o.leaderElectionNS,
 		// The process exits right after the manager stops, so releasing the
 		// lease is safe and lets a new leader start without waiting it out.
 		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
-		return fmt.Errorf("creating manager: %w", err)
+		return nil, fmt.Errorf("creating manager: %w", err)
 	}
-	defaultGPUTolerations, err := parseTolerations(gpuTolerations)
-	if err != nil {
-		return fmt.Errorf("--default-gpu-tolerations: %w", err)
-	}
+	return mgr, nil
+}
+
+// addRunnables registers what the manager runs: the controllers, the metrics
+// collector, the probes, and the leader-lease owner.
+func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
-		UnsealImage:           unsealImage,
-		DefaultGPUTolerations: defaultGPUTolerations,
+		UnsealImage:           o.unsealImage,
+		DefaultGPUTolerations: o.gpuTolerations,
 	}); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
 	}
@@ -135,8 +178,8 @@ func run() error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding ready check: %w", err)
 	}
-	if enableLeaderElection && os.Getenv(podNameEnv) != "" && os.Getenv(podUIDEnv) != "" {
-		if ns := leaseNamespace(leaderElectionNS); ns != "" {
+	if o.enableLeaderElection && os.Getenv(podNameEnv) != "" && os.Getenv(podUIDEnv) != "" {
+		if ns := leaseNamespace(o.leaderElectionNS); ns != "" {
 			if err := mgr.Add(&leaseOwnerRunnable{
 				leases:  kubernetes.NewForConfigOrDie(restConfig).CoordinationV1().Leases(ns),
 				name:    leaderElectionID,
@@ -146,20 +189,20 @@ func run() error {
 			}
 		}
 	}
-	ctrl.Log.WithName("setup").Info("Starting manager", "version", version.Version)
-	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
-		return fmt.Errorf("running manager: %w", err)
-	}
-	if enableLeaderElection {
-		// Start returns after the lease was released (ReleaseOnCancel).
-		if ns := leaseNamespace(leaderElectionNS); ns != "" {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			leases := kubernetes.NewForConfigOrDie(restConfig).CoordinationV1().Leases(ns)
-			if err := deleteReleasedLease(ctx, leases, leaderElectionID); err != nil {
-				ctrl.Log.WithName("setup").Error(err, "Leaving the leader-election Lease behind")
-			}
-		}
-	}
 	return nil
+}
+
+// cleanUpLease deletes the leader-election Lease that Start released
+// (ReleaseOnCancel), so that uninstalling leaves none behind.
+func cleanUpLease(restConfig *rest.Config, o options) {
+	ns := leaseNamespace(o.leaderElectionNS)
+	if ns == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	leases := kubernetes.NewForConfigOrDie(restConfig).CoordinationV1().Leases(ns)
+	if err := deleteReleasedLease(ctx, leases, leaderElectionID); err != nil {
+		ctrl.Log.WithName("setup").Error(err, "Leaving the leader-election Lease behind")
+	}
 }
