@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -141,4 +142,13 @@ func TestPodSecurityViolationsFindsWeakenedPods(t *testing.T) {
 			}
 		})
 	}
+}
+
+func typedTemplate(template *corev1ac.PodTemplateSpecApplyConfiguration) (*corev1.PodTemplateSpec, error) {
+	data, err := json.Marshal(template)
+	if err != nil {
+		return nil, err
+	}
+	out := &corev1.PodTemplateSpec{}
+	return out, json.Unmarshal(data, out)
 }
