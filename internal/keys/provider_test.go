@@ -1,0 +1,89 @@
+package keys
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+)
+
+func TestProviderFor(t *testing.T) {
+	kekText, err := GenerateKEK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, err := ParseKEK([]byte(kekText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretRef := mlv1alpha1.KeySource{SecretRef: &mlv1alpha1.SecretKeyRef{Name: "m-kek", Key: "kek"}}
+	secrets := map[string]*corev1.Secret{
+		"good":  {ObjectMeta: metav1.ObjectMeta{Name: "m-kek"}, Data: map[string][]byte{"kek": []byte(kekText)}},
+		"other": {ObjectMeta: metav1.ObjectMeta{Name: "m-kek"}, Data: map[string][]byte{"other": []byte(kekText)}},
+		"short": {ObjectMeta: metav1.ObjectMeta{Name: "m-kek"}, Data: map[string][]byte{"kek": []byte("c2hvcnQ=")}},
+	}
+	getter := func(which string, err error) SecretGetter {
+		return func(_ context.Context, namespace, name string) (*corev1.Secret, error) {
+			if namespace != "models" || name != "m-kek" {
+				t.Errorf("read Secret %s/%s, want models/m-kek", namespace, name)
+			}
+			if err != nil {
+				return nil, err
+			}
+			return secrets[which].DeepCopy(), nil
+		}
+	}
+	notFound := apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, "m-kek")
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "m-kek", errors.New("no"))
+	tests := []struct {
+		name    string
+		src     mlv1alpha1.KeySource
+		get     SecretGetter
+		wantID  string
+		wantErr *ProviderError
+	}{
+		{"KEK in the Secret", secretRef, getter("good", nil), kek.ID(), nil},
+		{"Secret missing", secretRef, getter("", notFound), "",
+			&ProviderError{Reason: mlv1alpha1.ReasonKeySecretNotFound, Message: "Secret m-kek named by spec.weights.key.secretRef does not exist"}},
+		{"Secret unreadable", secretRef, getter("", forbidden), "",
+			&ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable, Message: "reading Secret m-kek: Forbidden"}},
+		{"no such key in the Secret", secretRef, getter("other", nil), "",
+			&ProviderError{Reason: mlv1alpha1.ReasonKeyNotInSecret, Message: `Secret m-kek has no key "kek" named by spec.weights.key.secretRef.key`}},
+		{"not a 256-bit key", secretRef, getter("short", nil), "", &ProviderError{Reason: mlv1alpha1.ReasonKeyUnwrapFailed}},
+		{"KMS not supported yet", mlv1alpha1.KeySource{AWSKMS: &mlv1alpha1.AWSKMSKey{KeyID: "alias/models"}}, getter("", errors.New("not read")), "",
+			&ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+				Message: "key provider AWSKMS is not supported by this operator version; use spec.weights.key.secretRef"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			provider, err := ProviderFor(context.Background(), tc.src, "models", "spec.weights.key", tc.get)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if provider.ID() != tc.wantID {
+					t.Errorf("provider %s, want %s", provider.ID(), tc.wantID)
+				}
+				return
+			}
+			var got *ProviderError
+			if !errors.As(err, &got) {
+				t.Fatalf("error %v, want a *ProviderError", err)
+			}
+			if tc.wantErr.Message == "" {
+				got.Message = "" // checked for key material below
+			}
+			if diff := cmp.Diff(tc.wantErr, got); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+			assertNoLeak(t, err.Error(), []byte(kekText))
+		})
+	}
+}
