@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -634,6 +635,81 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 		}
 		if pod.Status.Phase != corev1.PodRunning {
 			t.Errorf("model pod %s is %s, want Running", pod.Name, pod.Status.Phase)
+		}
+	})
+
+	// Last, because it rolls the model's pods: a tenant with edit adds a
+	// sidecar that mounts the plaintext to the managed Deployment. The
+	// operator removes it; while a pod with the sidecar runs, Hardened is
+	// False and names it.
+	t.Run("TenantSidecarRemoved", func(t *testing.T) {
+		c := modelClient(t)
+		key := crclient.ObjectKey{Namespace: ns, Name: pm.Name}
+		sidecar := restrictedContainer("sidecar", "idle")
+		sidecar.VolumeMounts = append(sidecar.VolumeMounts, corev1.VolumeMount{Name: "model", MountPath: "/stolen", ReadOnly: true})
+		err := eventually(30*time.Second, func() error {
+			d := &appsv1.Deployment{}
+			if err := c.Get(ctx, key, d); err != nil {
+				return err
+			}
+			d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, sidecar)
+			return c.Update(ctx, d, crclient.FieldOwner("kubectl-edit"))
+		})
+		if err != nil {
+			t.Fatalf("adding the sidecar as a tenant would: %v", err)
+		}
+		edited := time.Now()
+		hasSidecar := func(spec corev1.PodSpec) bool {
+			for _, c := range spec.Containers {
+				if c.Name == "sidecar" {
+					return true
+				}
+			}
+			return false
+		}
+		err = eventually(time.Minute, func() error {
+			d := &appsv1.Deployment{}
+			if err := c.Get(ctx, key, d); err != nil {
+				return err
+			}
+			if hasSidecar(d.Spec.Template.Spec) {
+				return fmt.Errorf("the Deployment still has the sidecar")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("Sidecar removed from the Deployment %.1fs after the edit", time.Since(edited).Seconds())
+		err = eventually(2*time.Minute, func() error {
+			for _, p := range modelPods(t, ns, pm.Name) {
+				if hasSidecar(p.Spec) {
+					return fmt.Errorf("pod %s with the sidecar still exists (%s)", p.Name, p.Status.Phase)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("No pod with the sidecar %.1fs after the edit", time.Since(edited).Seconds())
+		reported := false
+		for _, ev := range modelEvents(t, ns, pm.Name) {
+			if strings.Contains(ev.Note, "Hardened=False") && strings.Contains(ev.Note, `container "sidecar" added`) {
+				reported = true
+				t.Logf("Hardened went False meanwhile: %s", ev.Note)
+			}
+		}
+		if !reported {
+			t.Log("No pod with the sidecar was observed: the operator repaired the Deployment first")
+		}
+		back := waitForModel(t, ns, pm.Name, 3*time.Minute, "Protected again", func(pm *mlv1alpha1.ProtectedModel) bool {
+			return pm.Status.Phase == mlv1alpha1.ModelPhaseProtected &&
+				conditionIs(pm, mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted) &&
+				conditionIs(pm, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
+		})
+		if h := condition(back, mlv1alpha1.ConditionHardened); h.Status != metav1.ConditionTrue {
+			t.Errorf("Hardened = %+v after the repair", h)
 		}
 	})
 }
