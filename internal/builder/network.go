@@ -72,11 +72,7 @@ func NetworkPolicy(w Workload, isolation Isolation) *networkingv1ac.NetworkPolic
 		spec.WithEgress(networkingv1ac.NetworkPolicyEgressRule().WithTo(samePods(w)))
 	}
 
-	return networkingv1ac.NetworkPolicy(w.Name, w.Namespace).
-		WithLabels(CommonLabels(w)).
-		WithAnnotations(OwnershipAnnotations(w)).
-		WithOwnerReferences(ownerReference(w)).
-		WithSpec(spec)
+	return managed(networkingv1ac.NetworkPolicy(w.Name, w.Namespace), w).WithSpec(spec)
 }
 
 // samePods is a peer of the workload's own pods in its namespace.

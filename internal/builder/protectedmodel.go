@@ -76,10 +76,9 @@ const AnnotationBundleFingerprint = "modelguard.dev/bundle-fingerprint"
 // unwrapped it, recorded through BundleFingerprint.
 func DataKeySecret(pm *mlv1alpha1.ProtectedModel, dek []byte, kekID string) *corev1ac.SecretApplyConfiguration {
 	w := ForProtectedModel(pm)
-	return corev1ac.Secret(DataKeySecretName(pm), pm.Namespace).
-		WithLabels(merge(CommonLabels(w), map[string]string{mlv1alpha1.LabelDataKey: "true"})).
-		WithAnnotations(merge(OwnershipAnnotations(w), map[string]string{AnnotationBundleFingerprint: BundleFingerprint(&pm.Spec.Weights, kekID)})).
-		WithOwnerReferences(ownerReference(w)).
+	return managed(corev1ac.Secret(DataKeySecretName(pm), pm.Namespace), w).
+		WithLabels(map[string]string{mlv1alpha1.LabelDataKey: "true"}).
+		WithAnnotations(map[string]string{AnnotationBundleFingerprint: BundleFingerprint(&pm.Spec.Weights, kekID)}).
 		WithType(corev1.SecretTypeOpaque).
 		WithImmutable(false).
 		WithData(map[string][]byte{DataKeySecretKey: []byte(keys.EncodeDEK(dek))})
@@ -89,10 +88,7 @@ func DataKeySecret(pm *mlv1alpha1.ProtectedModel, dek []byte, kekID string) *cor
 // decides who may reach it.
 func Service(pm *mlv1alpha1.ProtectedModel) *corev1ac.ServiceApplyConfiguration {
 	w := ForProtectedModel(pm)
-	return corev1ac.Service(pm.Name, pm.Namespace).
-		WithLabels(CommonLabels(w)).
-		WithAnnotations(OwnershipAnnotations(w)).
-		WithOwnerReferences(ownerReference(w)).
+	return managed(corev1ac.Service(pm.Name, pm.Namespace), w).
 		WithSpec(corev1ac.ServiceSpec().
 			WithType(corev1.ServiceTypeClusterIP).
 			WithSelector(w.ComponentSelector(mlv1alpha1.ComponentServer)).
@@ -134,10 +130,7 @@ func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv
 			WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(server)))
 	}
 
-	return appsv1ac.Deployment(pm.Name, pm.Namespace).
-		WithLabels(CommonLabels(w)).
-		WithAnnotations(OwnershipAnnotations(w)).
-		WithOwnerReferences(ownerReference(w)).
+	return managed(appsv1ac.Deployment(pm.Name, pm.Namespace), w).
 		WithSpec(appsv1ac.DeploymentSpec().
 			WithReplicas(facts.Replicas).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(server)).
@@ -175,10 +168,8 @@ func KeyResolveJob(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *ba
 		panic(fmt.Sprintf("builder: marshalling the key-resolve pod template: %v", err))
 	}
 	sum := sha256.Sum256(data)
-	return batchv1ac.Job(pm.Name+"-kr-"+hex.EncodeToString(sum[:4]), pm.Namespace).
-		WithLabels(PodLabels(w, mlv1alpha1.ComponentKeyResolve)).
-		WithAnnotations(OwnershipAnnotations(w)).
-		WithOwnerReferences(ownerReference(w)).
+	return managed(batchv1ac.Job(pm.Name+"-kr-"+hex.EncodeToString(sum[:4]), pm.Namespace), w).
+		WithLabels(w.ComponentSelector(mlv1alpha1.ComponentKeyResolve)).
 		WithSpec(batchv1ac.JobSpec().
 			WithBackoffLimit(2).
 			WithActiveDeadlineSeconds(300).

@@ -141,12 +141,22 @@ func ownerReference(w Workload) *metav1ac.OwnerReferenceApplyConfiguration {
 		WithBlockOwnerDeletion(true)
 }
 
+// objectMeta is what every object applyconfiguration can be given.
+type objectMeta[T any] interface {
+	WithLabels(map[string]string) T
+	WithAnnotations(map[string]string) T
+	WithOwnerReferences(...*metav1ac.OwnerReferenceApplyConfiguration) T
+}
+
+// managed gives an object the labels, ownership annotations and owner
+// reference of every object managed for the workload.
+func managed[T objectMeta[T]](obj T, w Workload) T {
+	return obj.WithLabels(CommonLabels(w)).WithAnnotations(OwnershipAnnotations(w)).WithOwnerReferences(ownerReference(w))
+}
+
 // ServiceAccount has no token: nothing in a protected pod talks to the API.
 func ServiceAccount(w Workload) *corev1ac.ServiceAccountApplyConfiguration {
-	return corev1ac.ServiceAccount(w.Name, w.Namespace).
-		WithLabels(CommonLabels(w)).
-		WithAnnotations(OwnershipAnnotations(w)).
-		WithOwnerReferences(ownerReference(w)).
+	return managed(corev1ac.ServiceAccount(w.Name, w.Namespace), w).
 		WithAutomountServiceAccountToken(false)
 }
 

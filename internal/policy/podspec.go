@@ -41,44 +41,30 @@ func PodSpecDrift(want, live *corev1.PodSpec) []string {
 	return drift
 }
 
+// containerDrift compares containers by name, and each kept container's
+// fields that decide what it runs and sees.
 func containerDrift(what string, want, live []corev1.Container) []string {
-	var drift []string
-	wanted := map[string]*corev1.Container{}
-	for i := range want {
-		wanted[want[i].Name] = &want[i]
-	}
-	seen := map[string]bool{}
-	for i := range live {
-		l := &live[i]
-		seen[l.Name] = true
-		w, ok := wanted[l.Name]
-		if !ok {
-			drift = append(drift, fmt.Sprintf("%s %q added", what, l.Name))
-			continue
-		}
-		for _, field := range []struct {
-			name       string
-			want, live any
-		}{
-			{"image", w.Image, l.Image},
-			{"command", w.Command, l.Command},
-			{"args", w.Args, l.Args},
-			{"env", normalizedEnv(w.Env), normalizedEnv(l.Env)},
-			{"envFrom", w.EnvFrom, l.EnvFrom},
-			{"volumeMounts", w.VolumeMounts, l.VolumeMounts},
-			{"securityContext", w.SecurityContext, l.SecurityContext},
-		} {
-			if !equality.Semantic.DeepEqual(field.want, field.live) {
-				drift = append(drift, fmt.Sprintf("%s %q: %s differs", what, l.Name, field.name))
+	return listDrift(what, want, live, func(c *corev1.Container) string { return c.Name },
+		func(w, l *corev1.Container) []string {
+			var drift []string
+			for _, field := range []struct {
+				name       string
+				want, live any
+			}{
+				{"image", w.Image, l.Image},
+				{"command", w.Command, l.Command},
+				{"args", w.Args, l.Args},
+				{"env", normalizedEnv(w.Env), normalizedEnv(l.Env)},
+				{"envFrom", w.EnvFrom, l.EnvFrom},
+				{"volumeMounts", w.VolumeMounts, l.VolumeMounts},
+				{"securityContext", w.SecurityContext, l.SecurityContext},
+			} {
+				if !equality.Semantic.DeepEqual(field.want, field.live) {
+					drift = append(drift, fmt.Sprintf("%s %q: %s differs", what, l.Name, field.name))
+				}
 			}
-		}
-	}
-	for i := range want {
-		if !seen[want[i].Name] {
-			drift = append(drift, fmt.Sprintf("%s %q removed", what, want[i].Name))
-		}
-	}
-	return drift
+			return drift
+		})
 }
 
 // normalizedEnv applies the API server's one default in env, the field
@@ -98,27 +84,38 @@ func normalizedEnv(env []corev1.EnvVar) []corev1.EnvVar {
 	return out
 }
 
+// volumeDrift compares volumes by name, and each kept volume's source.
 func volumeDrift(want, live []corev1.Volume) []string {
+	return listDrift("volume", want, live, func(v *corev1.Volume) string { return v.Name },
+		func(w, l *corev1.Volume) []string {
+			if !equality.Semantic.DeepEqual(w.VolumeSource, l.VolumeSource) {
+				return []string{fmt.Sprintf("volume %q differs", l.Name)}
+			}
+			return nil
+		})
+}
+
+// listDrift compares two lists keyed by name: what live adds, what differs
+// in the items both have (compare), then what live lacks.
+func listDrift[T any](what string, want, live []T, name func(*T) string, compare func(want, live *T) []string) []string {
 	var drift []string
-	wanted := map[string]*corev1.Volume{}
+	wanted := map[string]*T{}
 	for i := range want {
-		wanted[want[i].Name] = &want[i]
+		wanted[name(&want[i])] = &want[i]
 	}
 	seen := map[string]bool{}
 	for i := range live {
 		l := &live[i]
-		seen[l.Name] = true
-		w, ok := wanted[l.Name]
-		switch {
-		case !ok:
-			drift = append(drift, fmt.Sprintf("volume %q added", l.Name))
-		case !equality.Semantic.DeepEqual(w.VolumeSource, l.VolumeSource):
-			drift = append(drift, fmt.Sprintf("volume %q differs", l.Name))
+		seen[name(l)] = true
+		if w, ok := wanted[name(l)]; ok {
+			drift = append(drift, compare(w, l)...)
+		} else {
+			drift = append(drift, fmt.Sprintf("%s %q added", what, name(l)))
 		}
 	}
 	for i := range want {
-		if !seen[want[i].Name] {
-			drift = append(drift, fmt.Sprintf("volume %q removed", want[i].Name))
+		if !seen[name(&want[i])] {
+			drift = append(drift, fmt.Sprintf("%s %q removed", what, name(&want[i])))
 		}
 	}
 	return drift
