@@ -53,6 +53,20 @@ type ProtectedModelFacts struct {
 	DefaultGPUTolerations []corev1.Toleration
 }
 
+// ForProtectedModel is the workload of a ProtectedModel.
+func ForProtectedModel(pm *mlv1alpha1.ProtectedModel) Workload {
+	return Workload{
+		Kind: "ProtectedModel", Name: pm.Name, Namespace: pm.Namespace, UID: pm.UID,
+		NameLabel:        mlv1alpha1.LabelModel,
+		Ownership:        pm.Spec.Ownership,
+		WeightsDigest:    pm.Spec.Weights.Digest,
+		GPU:              pm.Spec.GPU,
+		Network:          derefOrZero(pm.Spec.Network),
+		Access:           derefOrZero(pm.Spec.Access),
+		RuntimeClassName: pm.Spec.RuntimeClassName,
+	}
+}
+
 // ModelIsolation is a model's NetworkPolicy shape: the allowed clients reach
 // its serving port.
 func ModelIsolation(pm *mlv1alpha1.ProtectedModel) Isolation {

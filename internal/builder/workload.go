@@ -57,38 +57,6 @@ type Workload struct {
 	RuntimeClassName string
 }
 
-// ForProtectedModel is the workload of a ProtectedModel.
-func ForProtectedModel(pm *mlv1alpha1.ProtectedModel) Workload {
-	return Workload{
-		Kind: "ProtectedModel", Name: pm.Name, Namespace: pm.Namespace, UID: pm.UID,
-		NameLabel:        mlv1alpha1.LabelModel,
-		Ownership:        pm.Spec.Ownership,
-		WeightsDigest:    pm.Spec.Weights.Digest,
-		GPU:              pm.Spec.GPU,
-		Network:          derefOrZero(pm.Spec.Network),
-		Access:           derefOrZero(pm.Spec.Access),
-		RuntimeClassName: pm.Spec.RuntimeClassName,
-	}
-}
-
-// ForTrainingJob is the workload of a TrainingJob. Its weights digest is that
-// of the base weights it starts from, if any.
-func ForTrainingJob(tj *mlv1alpha1.TrainingJob) Workload {
-	w := Workload{
-		Kind: "TrainingJob", Name: tj.Name, Namespace: tj.Namespace, UID: tj.UID,
-		NameLabel:        mlv1alpha1.LabelTrainingJob,
-		Ownership:        tj.Spec.Ownership,
-		GPU:              tj.Spec.GPU,
-		Network:          derefOrZero(tj.Spec.Network),
-		Access:           derefOrZero(tj.Spec.Access),
-		RuntimeClassName: tj.Spec.RuntimeClassName,
-	}
-	if tj.Spec.BaseWeights != nil {
-		w.WeightsDigest = tj.Spec.BaseWeights.Digest
-	}
-	return w
-}
-
 func derefOrZero[T any](p *T) T {
 	if p == nil {
 		var zero T
