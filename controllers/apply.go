@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -124,7 +125,10 @@ func removeStrayFields(ctx context.Context, c client.Client, live client.Object,
 	}
 	var removed []string
 	for _, entry := range live.GetManagedFields() {
-		if entry.Manager == mlv1alpha1.FieldManager || entry.Subresource != "" || entry.FieldsV1 == nil {
+		// Only ModelGuard's own applied set is exempt: an update under its
+		// manager name is someone else's edit all the same.
+		ours := entry.Manager == mlv1alpha1.FieldManager && entry.Operation == metav1.ManagedFieldsOperationApply
+		if ours || entry.Subresource != "" || entry.FieldsV1 == nil {
 			continue
 		}
 		var owned map[string]any
@@ -148,7 +152,12 @@ func removeStrayFields(ctx context.Context, c client.Client, live client.Object,
 	}
 	repaired := &unstructured.Unstructured{Object: object}
 	repaired.SetGroupVersionKind(gvk)
-	if err := c.Update(ctx, repaired, client.FieldOwner(mlv1alpha1.FieldManager)); err != nil {
+	switch err := c.Update(ctx, repaired, client.FieldOwner(mlv1alpha1.FieldManager)); {
+	case apierrors.IsConflict(err):
+		// The cache lags behind the object, often behind our own repair;
+		// the watch event of the newer version reconciles it again.
+		return false, nil
+	case err != nil:
 		return false, fmt.Errorf("removing %v that another manager added to %s %s: %w", removed, gvk.Kind, key, err)
 	}
 	return true, nil

@@ -186,6 +186,24 @@ func TestEnforceRemovesWhatOthersAdded(t *testing.T) {
 	if enforceDeployment() {
 		t.Error("the repaired Deployment was written again")
 	}
+
+	// An update under ModelGuard's own manager name is an edit all the same.
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "m"}, d); err != nil {
+		t.Fatal(err)
+	}
+	d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: "disguised", Image: "tenant/x"})
+	if err := c.Update(ctx, d, client.FieldOwner(mlv1alpha1.FieldManager)); err != nil {
+		t.Fatal(err)
+	}
+	if !enforceDeployment() {
+		t.Fatal("an edit under ModelGuard's manager name was not repaired")
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "m"}, d); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Spec.Template.Spec.Containers); n != 1 {
+		t.Errorf("%d containers after the repair, want 1", n)
+	}
 }
 
 func TestCreateOnceLeavesTheObjectAlone(t *testing.T) {
