@@ -182,6 +182,10 @@ func (c *Client) Release(ctx context.Context, p ReleaseParams) ([]byte, error) {
 	if err := c.call(ctx, ReleasePath, p.Token, build, &resp); err != nil {
 		return nil, err
 	}
+	if resp.Version != ProtocolVersion || resp.Suite != Suite {
+		return nil, fmt.Errorf("key release for %s: %w: the response is version %d with suite %q, want %d with %q",
+			p.Model, ErrBadRequest, resp.Version, resp.Suite, ProtocolVersion, Suite)
+	}
 	b := Binding{Model: p.Model, ModelDigest: p.ModelDigest, PodUID: p.PodUID, Key: p.Key}
 	dek, err := eph.Open(resp.SealedKey, b)
 	if err != nil {

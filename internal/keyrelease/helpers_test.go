@@ -147,7 +147,7 @@ func (l *logBuffer) String() string {
 
 // tlsServer starts h on a loopback TLS server and writes its certificate to a
 // CA file, as the CA ConfigMap is mounted into the init container.
-func tlsServer(t *testing.T, h http.Handler) (*httptest.Server, string) {
+func tlsServer(t testing.TB, h http.Handler) (*httptest.Server, string) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	srv.EnableHTTP2 = true
@@ -156,7 +156,7 @@ func tlsServer(t *testing.T, h http.Handler) (*httptest.Server, string) {
 	return srv, writeCAFile(t, srv)
 }
 
-func writeCAFile(t *testing.T, srv *httptest.Server) string {
+func writeCAFile(t testing.TB, srv *httptest.Server) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ca.crt")
 	data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
