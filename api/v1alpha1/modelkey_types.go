@@ -191,7 +191,7 @@ type ModelKeyStatus struct {
 // +kubebuilder:resource:scope=Cluster,shortName=mk,categories=modelguard
 // +kubebuilder:printcolumn:name="Provider",type=string,JSONPath=`.status.provider`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
-// +kubebuilder:printcolumn:name="Key ID",type=string,JSONPath=`.status.keyId`,priority=1
+// +kubebuilder:printcolumn:name="Key",type=string,JSONPath=`.status.keyId`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type ModelKey struct {
 	metav1.TypeMeta `json:",inline"`

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -94,8 +95,6 @@ var invalidModelKeys = []invalidCase{
 	{"secret key missing", mk(nil, drop("spec", "provider", "secret", "key")), "spec.provider.secret.key", "Required value"},
 	{"secret key with slash", mk(withProvider(mlv1alpha1.ModelKeyProvider{Secret: &mlv1alpha1.ModelKeySecret{Name: "model-kek", Key: "a/b"}})),
 		"spec.provider.secret.key", "secret.key must be a Secret data key"},
-	{"secret namespace is not a field", mk(nil, set("tenant-ns", "spec", "provider", "secret", "namespace")),
-		"spec.provider.secret.namespace", "field not declared in schema"},
 
 	// awsKms
 	{"awsKms keyId missing", mk(withAWS(func(a *mlv1alpha1.AWSKMSKey) {}), drop("spec", "provider", "awsKms", "keyId")), "spec.provider.awsKms.keyId", "Required value"},
@@ -165,6 +164,22 @@ func TestModelKeyInvalidRejected(t *testing.T) {
 			t.Errorf("no error on field %q containing %q; the API server said:\n  %s\n%v",
 				tc.field, tc.want, strings.Join(got, "\n  "), err)
 		})
+	}
+}
+
+// TestModelKeySecretHasNoNamespace: the KEK Secret is always in the
+// operator's namespace, so a namespace in the spec is an unknown field, which
+// kubectl (strict field validation) refuses and other clients lose.
+func TestModelKeySecretHasNoNamespace(t *testing.T) {
+	ctx := context.Background()
+	obj := mk(nil, set("tenant-ns", "spec", "provider", "secret", "namespace"))(t, "")
+	err := env.Client.Create(ctx, obj, client.FieldValidation(metav1.FieldValidationStrict))
+	if err == nil {
+		t.Cleanup(func() { _ = env.Client.Delete(ctx, obj) })
+		t.Fatal("the API server accepted spec.provider.secret.namespace")
+	}
+	if !apierrors.IsBadRequest(err) || !strings.Contains(err.Error(), `unknown field "spec.provider.secret.namespace"`) {
+		t.Fatalf("want a BadRequest naming the unknown field, got %v", err)
 	}
 }
 
@@ -288,14 +303,14 @@ func TestModelKeyKubectl(t *testing.T) {
 		wants []string
 	}{
 		{"modelkey", []string{"KIND:       ModelKey", "cluster-scoped", "tenants refer to it by name only"}},
-		{"mk.spec", []string{"namespaceSelector\t<LabelSelector> -required-", "{} selects every namespace", "KeyNotPermitted",
-			"provider\t<Object> -required-", "exactly one of secret, awsKms or vaultTransit"}},
+		{"mk.spec", []string{"namespaceSelector\t<Object> -required-", "{} selects every namespace", "KeyNotPermitted",
+			"provider\t<Object> -required-", "awsKms or vaultTransit"}},
 		{"mk.spec.provider.secret", []string{"operator's own", "never part of the spec", "key\t<string> -required-", "name\t<string> -required-"}},
 		{"mk.spec.provider.awsKms", []string{"keyId\t<string> -required-", "region\t<string>", "endpoint\t<string>", "IRSA"}},
 		{"mk.spec.provider.vaultTransit", []string{"address\t<string> -required-", "keyName\t<string> -required-", "role\t<string> -required-",
 			"mount\t<string>", "authMount\t<string>", "namespace\t<string>", "caBundle\t<string>", "Kubernetes auth"}},
 		{"mk.spec.provider.vaultTransit.mount", []string{`It defaults to "transit"`}},
-		{"mk.status", []string{"conditions\t<[]Condition>", "wrap-then-unwrap self-test", "keyId\t<string>", "provider\t<string>",
+		{"mk.status", []string{"conditions\t<[]Object>", "wrap-then-unwrap self-test", "keyId\t<string>", "provider\t<string>",
 			"enum: Secret, AWSKMS, VaultTransit"}},
 	}
 	for _, tc := range explain {
@@ -304,7 +319,7 @@ func TestModelKeyKubectl(t *testing.T) {
 		})
 	}
 
-	key := makeModelKey("nlp-models")
+	key := makeModelKey("mk-columns")
 	if err := env.Client.Create(ctx, key); err != nil {
 		t.Fatal(err)
 	}
@@ -321,10 +336,10 @@ func TestModelKeyKubectl(t *testing.T) {
 		columns []string
 		want    map[string]string
 	}{
-		{[]string{"get", "mk", "nlp-models"}, []string{"NAME", "PROVIDER", "READY", "AGE"},
-			map[string]string{"NAME": "nlp-models", "PROVIDER": "Secret", "READY": "True"}},
-		{[]string{"get", "modelkeys", "nlp-models", "-o", "wide"}, []string{"NAME", "PROVIDER", "READY", "KEY ID", "AGE"},
-			map[string]string{"NAME": "nlp-models", "PROVIDER": "Secret", "READY": "True", "KEY ID": "kek:0123456789abcdef"}},
+		{[]string{"get", "mk", "mk-columns"}, []string{"NAME", "PROVIDER", "READY", "AGE"},
+			map[string]string{"NAME": "mk-columns", "PROVIDER": "Secret", "READY": "True"}},
+		{[]string{"get", "modelkeys", "mk-columns", "-o", "wide"}, []string{"NAME", "PROVIDER", "READY", "KEY", "AGE"},
+			map[string]string{"NAME": "mk-columns", "PROVIDER": "Secret", "READY": "True", "KEY": "kek:0123456789abcdef"}},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, err := k.run(tc.args...)
@@ -349,7 +364,7 @@ func TestModelKeyKubectl(t *testing.T) {
 		if err != nil {
 			t.Fatalf("kubectl get modelguard: %v\n%s", err, out)
 		}
-		if !strings.Contains(out, "modelkey.ml.modelguard.dev/nlp-models") {
+		if !strings.Contains(out, "modelkey.ml.modelguard.dev/mk-columns") {
 			t.Errorf("kubectl get modelguard does not list the ModelKey:\n%s", out)
 		}
 	})
