@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/keys"
@@ -533,4 +534,27 @@ func rewriteResponse(inner http.Handler, requests *atomic.Int32, edit func(*Rele
 		w.WriteHeader(rec.Code)
 		_, _ = w.Write(rec.Body.Bytes())
 	})
+}
+
+// TestMetricOnManagerRegistry checks that the counter is served by the
+// manager's metrics endpoint, which gathers controller-runtime's registry.
+func TestMetricOnManagerRegistry(t *testing.T) {
+	ReleasesTotal.WithLabelValues(ResultDenied, mlv1alpha1.ReasonBadRequest).Add(0)
+	families, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() == "modelguard_key_releases_total" {
+			labels := map[string]bool{}
+			for _, l := range mf.GetMetric()[0].GetLabel() {
+				labels[l.GetName()] = true
+			}
+			if !labels["result"] || !labels["reason"] || len(labels) != 2 {
+				t.Errorf("labels %v, want result and reason", labels)
+			}
+			return
+		}
+	}
+	t.Fatal("modelguard_key_releases_total is not on controller-runtime's metrics registry")
 }

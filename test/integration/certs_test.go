@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"net"
 	"net/http"
+	"slices"
 	"testing"
 	"time"
 
@@ -194,6 +195,33 @@ func TestServingCertificates(t *testing.T) {
 		if got := handshake(t, r, bundle); !got.Equal(parsePEMCert(t, mustSecret(t, ns).Data[certs.SecretCert])) {
 			t.Error("the first replica did not load the renewed certificate from the Secret")
 		}
+	})
+
+	t.Run("a changed DNS name or a corrupted key gets a new certificate", func(t *testing.T) {
+		renamed := newRotator(t, ns, func(o *certs.Options) {
+			o.DNSNames = append(o.DNSNames, "modelguard-webhook.modelguard-system.svc")
+		})
+		res, err := renamed.Ensure(ctx)
+		if err != nil || res.CAIssued || !res.CertIssued {
+			t.Fatalf("Ensure with a new DNS name = %+v, %v; want a new certificate under the same CA", res, err)
+		}
+		served := handshake(t, renamed, bundle)
+		if !slices.Contains(served.DNSNames, "modelguard-webhook.modelguard-system.svc") {
+			t.Errorf("the new certificate names %v", served.DNSNames)
+		}
+
+		secret := mustSecret(t, ns)
+		// Swap in the CA's key as the serving key: it parses, but does
+		// not match the certificate.
+		secret.Data[certs.SecretKey] = secret.Data[certs.SecretCAKey]
+		if err := env.Client.Update(ctx, secret); err != nil {
+			t.Fatal(err)
+		}
+		res, err = renamed.Ensure(ctx)
+		if err != nil || res.CAIssued || !res.CertIssued {
+			t.Fatalf("Ensure with a mismatched key = %+v, %v; want a new certificate under the same CA", res, err)
+		}
+		handshake(t, renamed, bundle)
 	})
 
 	t.Run("a CA near expiry is renewed and the old CA stays in the bundle", func(t *testing.T) {
