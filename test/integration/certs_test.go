@@ -14,6 +14,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/modelguard/modelguard/internal/certs"
 )
@@ -269,5 +271,50 @@ func TestServingCertificateOptions(t *testing.T) {
 				t.Error("accepted")
 			}
 		})
+	}
+}
+
+// TestRotatorRunsInAManager runs the rotator as a controller-runtime
+// runnable, as cmd/manager will: it needs no leader election, becomes ready
+// without help, and serves the certificate the Secret holds.
+func TestRotatorRunsInAManager(t *testing.T) {
+	ns := newNamespace(t)
+	mgr, err := manager.New(env.Config, manager.Options{
+		Scheme:                 env.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		LeaderElection:         false,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRotator(t, ns, func(o *certs.Options) { o.CheckInterval = time.Second })
+	if r.NeedLeaderElection() {
+		t.Error("the rotator needs leader election, but every replica serves")
+	}
+	if err := mgr.Add(r); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	select {
+	case <-r.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the rotator did not become ready")
+	}
+	if err := r.ReadyzCheck(nil); err != nil {
+		t.Errorf("ReadyzCheck after Ready: %v", err)
+	}
+	secret, cm := readCertObjects(t, ns)
+	served := handshake(t, r, []byte(cm.Data[certs.ConfigMapBundle]))
+	if !served.Equal(parsePEMCert(t, secret.Data[certs.SecretCert])) {
+		t.Error("the manager's rotator serves another certificate than the Secret's")
 	}
 }
