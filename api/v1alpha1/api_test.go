@@ -34,6 +34,36 @@ func TestKeySourceProvider(t *testing.T) {
 	}
 }
 
+func TestModelKeyProviderKind(t *testing.T) {
+	cases := []struct {
+		name     string
+		provider mlv1alpha1.ModelKeyProvider
+		want     mlv1alpha1.ModelKeyProviderKind
+	}{
+		{"secret", mlv1alpha1.ModelKeyProvider{Secret: &mlv1alpha1.ModelKeySecret{Name: "kek", Key: "kek"}}, mlv1alpha1.ModelKeyProviderSecret},
+		{"aws kms", mlv1alpha1.ModelKeyProvider{AWSKMS: &mlv1alpha1.AWSKMSKey{KeyID: "alias/models"}}, mlv1alpha1.ModelKeyProviderAWSKMS},
+		{"vault transit", mlv1alpha1.ModelKeyProvider{VaultTransit: &mlv1alpha1.ModelKeyVaultTransit{Address: "https://vault"}}, mlv1alpha1.ModelKeyProviderVaultTransit},
+		{"none", mlv1alpha1.ModelKeyProvider{}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.provider.Kind(); got != tc.want {
+				t.Errorf("Kind() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	// The status values match what ProtectionSummary.keyProvider shows.
+	for _, pair := range [][2]string{
+		{string(mlv1alpha1.ModelKeyProviderSecret), mlv1alpha1.KeyProviderSecret},
+		{string(mlv1alpha1.ModelKeyProviderAWSKMS), mlv1alpha1.KeyProviderAWSKMS},
+		{string(mlv1alpha1.ModelKeyProviderVaultTransit), mlv1alpha1.KeyProviderVaultTransit},
+	} {
+		if pair[0] != pair[1] {
+			t.Errorf("ModelKey provider kind %q differs from the key provider name %q", pair[0], pair[1])
+		}
+	}
+}
+
 // conditionInColumn extracts the condition type a printer column filters on.
 var conditionInColumn = regexp.MustCompile(`@\.type=="([A-Za-z]+)"`)
 
@@ -47,10 +77,17 @@ func TestPrinterColumnsUseConditionConstants(t *testing.T) {
 	wantColumns := map[string][]string{
 		"ProtectedModel": {"Owner", "Class", "Encrypted", "Isolated", "GPUs", "Ready", "Phase", "Age"},
 		"TrainingJob":    {"Owner", "Nodes", "GPUs", "Phase", "Sealed", "Age"},
+		"ModelKey":       {"Provider", "Ready", "Key", "Age"},
+	}
+	wantScope := map[string]apiextensionsv1.ResourceScope{
+		"ProtectedModel": apiextensionsv1.NamespaceScoped,
+		"TrainingJob":    apiextensionsv1.NamespaceScoped,
+		// The KEK a ModelKey names must be out of tenants' reach.
+		"ModelKey": apiextensionsv1.ClusterScoped,
 	}
 	files, err := filepath.Glob(filepath.Join("..", "..", "config", "crd", "bases", "*.yaml"))
-	if err != nil || len(files) != 2 {
-		t.Fatalf("want the 2 generated CRDs in config/crd/bases, found %v (err %v); run `make manifests`", files, err)
+	if err != nil || len(files) != 3 {
+		t.Fatalf("want the 3 generated CRDs in config/crd/bases, found %v (err %v); run `make manifests`", files, err)
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -80,8 +117,8 @@ func TestPrinterColumnsUseConditionConstants(t *testing.T) {
 		if diff := cmp.Diff([]string{"modelguard"}, crd.Spec.Names.Categories); diff != "" {
 			t.Errorf("%s categories (-want +got):\n%s", kind, diff)
 		}
-		if crd.Spec.Scope != apiextensionsv1.NamespaceScoped {
-			t.Errorf("%s scope = %s, want Namespaced", kind, crd.Spec.Scope)
+		if crd.Spec.Scope != wantScope[kind] {
+			t.Errorf("%s scope = %s, want %s", kind, crd.Spec.Scope, wantScope[kind])
 		}
 	}
 }

@@ -77,6 +77,8 @@ func TestSamplesRoundTrip(t *testing.T) {
 			if err := env.Client.Create(ctx, sample); err != nil {
 				t.Fatalf("API server rejected the sample: %v", err)
 			}
+			// Cluster-scoped samples (ModelKey) outlive the namespace.
+			t.Cleanup(func() { _ = env.Client.Delete(ctx, sample) })
 			got := &unstructured.Unstructured{}
 			got.SetGroupVersionKind(want.GroupVersionKind())
 			if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: want.GetName()}, got); err != nil {
@@ -89,7 +91,7 @@ func TestSamplesRoundTrip(t *testing.T) {
 			}
 		})
 	}
-	for _, kind := range []string{"ProtectedModel", "TrainingJob"} {
+	for _, kind := range []string{"ProtectedModel", "TrainingJob", "ModelKey"} {
 		if !kinds[kind] {
 			t.Errorf("config/samples has no %s", kind)
 		}

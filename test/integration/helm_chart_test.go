@@ -26,6 +26,7 @@ const (
 	chartReleaseName  = "modelguard"
 	chartCRDProtected = "CustomResourceDefinition protectedmodels.ml.modelguard.dev"
 	chartCRDTraining  = "CustomResourceDefinition trainingjobs.ml.modelguard.dev"
+	chartCRDModelKey  = "CustomResourceDefinition modelkeys.ml.modelguard.dev"
 )
 
 // helmTemplate renders the chart as `helm install` would, CRDs included.
@@ -154,7 +155,7 @@ func installMonitoringCRDs(t *testing.T) {
 // TestHelmTemplateServerDryRun renders the chart with several value sets and
 // applies each render to the real API server with a server-side dry run.
 func TestHelmTemplateServerDryRun(t *testing.T) {
-	common := []string{chartCRDProtected, chartCRDTraining}
+	common := []string{chartCRDProtected, chartCRDTraining, chartCRDModelKey}
 	tests := []struct {
 		name      string
 		namespace string
@@ -335,8 +336,8 @@ func TestHelmCRDsServeSamples(t *testing.T) {
 			crds = append(crds, "---\n"+string(o.raw))
 		}
 	}
-	if len(crds) != 2 {
-		t.Fatalf("render has %d CRDs, want 2", len(crds))
+	if len(crds) != 3 {
+		t.Fatalf("render has %d CRDs, want 3", len(crds))
 	}
 	path := filepath.Join(t.TempDir(), "crds.yaml")
 	if err := os.WriteFile(path, []byte(strings.Join(crds, "\n")), 0o600); err != nil {
@@ -346,7 +347,7 @@ func TestHelmCRDsServeSamples(t *testing.T) {
 		t.Fatalf("installing the chart's CRDs: %v\n%s", err, out)
 	}
 	if out, err := k.run("wait", "--for=condition=Established", "--timeout=60s",
-		"crd/protectedmodels.ml.modelguard.dev", "crd/trainingjobs.ml.modelguard.dev"); err != nil {
+		"crd/protectedmodels.ml.modelguard.dev", "crd/trainingjobs.ml.modelguard.dev", "crd/modelkeys.ml.modelguard.dev"); err != nil {
 		t.Fatalf("waiting for the CRDs: %v\n%s", err, out)
 	}
 	ensureNamespace(t, cp.client, "samples", nil)
@@ -354,7 +355,7 @@ func TestHelmCRDsServeSamples(t *testing.T) {
 	if err != nil {
 		t.Fatalf("creating the samples: %v\n%s", err, out)
 	}
-	for _, want := range []string{"protectedmodel.ml.modelguard.dev/sentiment-classifier serverside-applied", "trainingjob.ml.modelguard.dev/sentiment-finetune serverside-applied"} {
+	for _, want := range []string{"protectedmodel.ml.modelguard.dev/sentiment-classifier serverside-applied", "trainingjob.ml.modelguard.dev/sentiment-finetune serverside-applied", "modelkey.ml.modelguard.dev/nlp-models serverside-applied"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kubectl apply output lacks %q:\n%s", want, out)
 		}

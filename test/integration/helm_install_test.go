@@ -147,7 +147,7 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 				t.Fatalf("helm install output:\n%s", out)
 			}
 			if out, err := k.run("wait", "--for=condition=Established", "--timeout=60s",
-				"crd/protectedmodels.ml.modelguard.dev", "crd/trainingjobs.ml.modelguard.dev"); err != nil {
+				"crd/protectedmodels.ml.modelguard.dev", "crd/trainingjobs.ml.modelguard.dev", "crd/modelkeys.ml.modelguard.dev"); err != nil {
 				t.Fatalf("waiting for the chart's CRDs: %v\n%s", err, out)
 			}
 			if out, err := k.run("apply", "--server-side", "--namespace", "team-a", "-k", filepath.Join(env.RepoRoot, "config/samples")); err != nil {

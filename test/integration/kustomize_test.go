@@ -23,6 +23,7 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 		"Namespace modelguard-system",
 		chartCRDProtected,
 		chartCRDTraining,
+		chartCRDModelKey,
 		"ServiceAccount modelguard-system/modelguard-controller-manager",
 		"ClusterRole modelguard-manager-role",
 		"ClusterRoleBinding modelguard-manager-rolebinding",

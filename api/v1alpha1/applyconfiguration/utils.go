@@ -44,6 +44,18 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.HTTPSourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("KeySource"):
 		return &apiv1alpha1.KeySourceApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKey"):
+		return &apiv1alpha1.ModelKeyApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeyProvider"):
+		return &apiv1alpha1.ModelKeyProviderApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeySecret"):
+		return &apiv1alpha1.ModelKeySecretApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeySpec"):
+		return &apiv1alpha1.ModelKeySpecApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeyStatus"):
+		return &apiv1alpha1.ModelKeyStatusApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeyVaultTransit"):
+		return &apiv1alpha1.ModelKeyVaultTransitApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ModelServer"):
 		return &apiv1alpha1.ModelServerApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("Network"):

@@ -128,6 +128,99 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: vaultTransit
       type:
         namedType: com.github.modelguard.modelguard.api.v1alpha1.VaultTransitKey
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKey
+  map:
+    fields:
+    - name: apiVersion
+      type:
+        scalar: string
+    - name: kind
+      type:
+        scalar: string
+    - name: metadata
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta
+    - name: spec
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeySpec
+    - name: status
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyStatus
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyProvider
+  map:
+    fields:
+    - name: awsKms
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.AWSKMSKey
+    - name: secret
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeySecret
+    - name: vaultTransit
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyVaultTransit
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyProviderKind
+  scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeySecret
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: name
+      type:
+        scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeySpec
+  map:
+    fields:
+    - name: namespaceSelector
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+    - name: provider
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyProvider
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyStatus
+  map:
+    fields:
+    - name: conditions
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Condition
+          elementRelationship: associative
+          keys:
+          - type
+    - name: keyId
+      type:
+        scalar: string
+    - name: provider
+      type:
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyProviderKind
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyVaultTransit
+  map:
+    fields:
+    - name: address
+      type:
+        scalar: string
+    - name: authMount
+      type:
+        scalar: string
+      default: kubernetes
+    - name: caBundle
+      type:
+        scalar: string
+    - name: keyName
+      type:
+        scalar: string
+    - name: mount
+      type:
+        scalar: string
+      default: transit
+    - name: namespace
+      type:
+        scalar: string
+    - name: role
+      type:
+        scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.ModelServer
   map:
     fields:

@@ -62,6 +62,25 @@ local failureReasons = {
   Sealed = false,
   SealFailed = true,
   StorageNotEncrypted = true,
+  -- ModelKeys and key release. A False condition with a denial reason
+  -- means the workload's own pods are refused their key.
+  SelfTestPassed = false,
+  SelfTestFailed = true,
+  KeyNotPermitted = true,
+  ModelKeyNotFound = true,
+  ModelKeyNotReady = true,
+  KeyReleased = false,
+  KeyWrapped = false,
+  TokenRejected = true,
+  PodNotFound = true,
+  OwnerChainBroken = true,
+  PodSpecMismatch = true,
+  EphemeralContainers = true,
+  UnsealNotRunning = true,
+  AlreadyReleased = true,
+  ModelStalled = true,
+  BadRequest = true,
+  VerifierUnavailable = false,
 }
 
 local protectionConditions = {
