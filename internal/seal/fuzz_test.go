@@ -112,7 +112,7 @@ func FuzzChunkReader(f *testing.F) {
 		file := fx.file
 		src := &memSource{files: map[string][]byte{file.SealedPath(): sealed}, stream: stream}
 		sink := &memSink{files: map[string]*memFile{}}
-		e := &openEngine{src: src, m: &Manifest{Files: []File{file}}, dek: fuzzDEK, sink: sink, workers: 2}
+		e := &openEngine{src: src, m: &Manifest{Version: FormatVersion, Files: []File{file}}, dek: fuzzDEK, sink: sink, workers: 2}
 		err := e.run(context.Background())
 		if err == nil {
 			if !bytes.Equal(sink.files[file.Path].data, fx.plain) {

@@ -180,14 +180,15 @@ func newSealedKey(t *testing.T, digest string) sealedKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrapped, err := kek.Wrap(context.Background(), dek)
+	bundleID := make([]byte, 16)
+	_, _ = rand.Read(bundleID)
+	resolved := seal.ResolvedKey{Version: seal.FormatVersion, BundleID: fmt.Sprintf("%x", bundleID), ModelDigest: digest}
+	wrapped, err := kek.Wrap(context.Background(), dek, resolved.Binding(digest))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sealedKey{KEK: kekBytes, DEK: dek, Resolved: seal.ResolvedKey{
-		Key:         seal.KeyInfo{Provider: kek.Kind(), ID: kek.ID(), WrappedDEK: wrapped},
-		ModelDigest: digest,
-	}}
+	resolved.Key = seal.KeyInfo{Provider: kek.Kind(), ID: kek.ID(), WrappedDEK: wrapped}
+	return sealedKey{KEK: kekBytes, DEK: dek, Resolved: resolved}
 }
 
 // secretForms are the encodings of key bytes that must never appear in
