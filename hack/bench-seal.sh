@@ -107,26 +107,25 @@ run_age() {
 run_seal() { "$bin" seal "$src" "$work/sealed" --kek-file "$work/kek" --progress none >/dev/null 2>&1; }
 run_sha256sum() { sha256sum "${files[@]}" >/dev/null; }
 
+# check_output DIR LABEL: fails unless DIR holds exactly the model's files.
+check_output() {
+  for f in "${files[@]}"; do
+    cmp -s "$f" "$1/$(basename "$f")" || { echo "bench-seal: $2 output differs for $f" >&2; exit 1; }
+  done
+}
+
 # Rounds interleave the contenders, so that drift in the machine's speed
 # (other load, the cost of fresh memory pages in a VM) hits them alike; each
 # figure is the best of its runs. Outputs are removed between runs, untimed.
 echo "bench-seal: measuring ($runs rounds) ..." >&2
 for ((round = 1; round <= runs; round++)); do
   timed unseal run_unseal
-  if [ "$round" = 1 ]; then
-    # The benchmark is only honest if unseal really produced the model.
-    for f in "${files[@]}"; do
-      cmp -s "$f" "$shm/unseal/$(basename "$f")" || { echo "bench-seal: unseal output differs for $f" >&2; exit 1; }
-    done
-  fi
+  # The benchmark is only honest if unseal really produced the model.
+  [ "$round" != 1 ] || check_output "$shm/unseal" unseal
   rm -rf "$shm/unseal"
   if [ -n "$v1bin" ]; then
     timed unseal_v1 run_unseal_v1
-    if [ "$round" = 1 ]; then
-      for f in "${files[@]}"; do
-        cmp -s "$f" "$shm/unseal-v1/$(basename "$f")" || { echo "bench-seal: v1 unseal output differs for $f" >&2; exit 1; }
-      done
-    fi
+    [ "$round" != 1 ] || check_output "$shm/unseal-v1" "v1 unseal"
     rm -rf "$shm/unseal-v1"
   fi
   timed cp run_cp; rm -rf "$shm/cp"

@@ -290,3 +290,35 @@ func TestParseKEKRefusesPassphrase(t *testing.T) {
 		assertNoLeak(t, err.Error(), []byte(pass))
 	}
 }
+
+func TestBindingAAD(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("0", 64)
+	tests := []struct {
+		name    string
+		b       Binding
+		aad     string
+		context map[string]string
+	}{
+		{name: "version 1 is unbound", b: Binding{Version: 1, BundleID: "ignored", ModelDigest: digest}, aad: "modelguard/v1 dek-wrap"},
+		{name: "no version is unbound", b: Binding{}, aad: "modelguard/v1 dek-wrap"},
+		{
+			name: "version 2", b: Binding{Version: 2, BundleID: strings.Repeat("ab", 16), ModelDigest: digest},
+			aad: "modelguard/v2 dek-wrap\x00" + strings.Repeat("ab", 16) + "\x00" + digest,
+			context: map[string]string{
+				"modelguard.dev/format-version": "2",
+				"modelguard.dev/bundle-id":      strings.Repeat("ab", 16),
+				"modelguard.dev/model-digest":   digest,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.aad, string(tt.b.AAD())); diff != "" {
+				t.Errorf("AAD (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.context, tt.b.EncryptionContext()); diff != "" {
+				t.Errorf("EncryptionContext (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

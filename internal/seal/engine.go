@@ -106,6 +106,11 @@ func (r *runner) fail(err error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Once the run has failed, an error its cancellation caused (a download
+	// cut short) says nothing about the bundle, whatever its place.
+	if r.first != nil && errors.Is(err, context.Canceled) {
+		return
+	}
 	if r.first == nil || before(err, r.first, r.order) {
 		r.first = err
 	}

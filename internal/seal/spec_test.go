@@ -56,8 +56,16 @@ func specNonce(i uint64, last bool) []byte {
 // specSealFile encrypts one file as §3 and §4 describe, for format version 2.
 func specSealFile(t testing.TB, dek, salt []byte, path string, chunkSize int, plain []byte) []byte {
 	t.Helper()
+	return specSealFileVersion(t, 2, dek, salt, path, chunkSize, plain)
+}
+
+// specSealFileVersion encrypts one file for the given format version, which
+// only the magic's last byte depends on.
+func specSealFileVersion(t testing.TB, version int, dek, salt []byte, path string, chunkSize int, plain []byte) []byte {
+	t.Helper()
 	aead := specGCM(t, specHKDF(t, dek, salt, "modelguard/v1 file key\x00"+path, 32))
-	out := append([]byte("MGSEAL\x00\x02"), binary.BigEndian.AppendUint32(nil, uint32(chunkSize))...)
+	out := append([]byte("MGSEAL\x00"), byte(version))
+	out = binary.BigEndian.AppendUint32(out, uint32(chunkSize))
 	out = append(out, salt...)
 	n := max(1, (len(plain)+chunkSize-1)/chunkSize)
 	for i := range n {
