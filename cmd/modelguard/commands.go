@@ -235,8 +235,9 @@ func (c *cli) verifyCommand() *cobra.Command {
 		Short: "Authenticate every chunk of a sealed bundle without writing plaintext",
 		Long: strings.TrimSpace(`
 Verify authenticates the manifest and every chunk of BUNDLE (a directory or an
-https:// URL) with the same key flags as unseal, and writes no plaintext
-anywhere. On success it prints the model digest on stdout.`),
+https:// URL) with the same key flags as unseal, checks that every file's
+decrypted content has the digest the manifest records, and writes no
+plaintext anywhere. On success it prints the model digest on stdout.`),
 		Example: `  modelguard verify ./llama-8b.sealed --kek-file kek.bin --expect-digest sha256:…`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
