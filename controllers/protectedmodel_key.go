@@ -67,7 +67,7 @@ func (r *ProtectedModelReconciler) resolveKey(ctx context.Context, pm *mlv1alpha
 				manifestKey.ModelDigest, pm.Spec.Weights.Digest),
 		}, nil
 	}
-	dek, err := seal.UnwrapDEK(ctx, manifestKey.Key, provider)
+	dek, err := seal.UnwrapDEK(ctx, manifestKey.Key, manifestKey.Binding(pm.Spec.Weights.Digest), provider)
 	if err != nil {
 		return keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: err.Error()}, nil
 	}

@@ -110,9 +110,11 @@ URL streamed with no ciphertext staged on disk) into DEST.
 
 The key is the bundle's data key (--dek-file, or base64 in $MODELGUARD_DEK, as
 the operator's init container gets it) or the key-encryption key (--kek-file or
---kek-secret). With --expect-digest the authenticated manifest's model digest
-must match before any plaintext is written; every chunk is authenticated as it
-is decrypted, so no separate hash pass is needed.
+--kek-secret). With --expect-digest the manifest's model digest must match
+before any plaintext is written, and the key-encryption key unwraps the data
+key only for that digest. Every chunk is authenticated as it is decrypted, and
+every file's plaintext is hashed in the same pass: its digest must match the
+authenticated manifest's before any file is moved into place.
 
 DEST must be on tmpfs or ramfs (checked with statfs) unless --allow-disk is
 given. Files are written into a temporary directory inside DEST and renamed
@@ -123,7 +125,7 @@ plaintext byte written is removed and the exit code is non-zero.
 The outcome is written as one line to the termination log (/dev/termination-log
 in a Kubernetes container, if it exists): the reason on failure, e.g.
 "chunk 37 of model.safetensors failed authentication", and on success
-"ok digest=sha256:… files=N bytes=N seconds=S".`),
+"ok digest=sha256:… files=N bytes=N seconds=S format=V".`),
 		Example: `  # In a protected pod's init container (the operator sets this up):
   MODELGUARD_DEK=… modelguard unseal /bundle /models --expect-digest sha256:…
 
@@ -170,19 +172,19 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 	return cmd
 }
 
-// writeTerminationLog writes unseal's outcome where the kubelet reads a
-// container's termination message.
+// writeTerminationLog writes unseal's outcome, the seal.Report line, where
+// the kubelet reads a container's termination message.
 func writeTerminationLog(path string, explicit bool, res *seal.Result, runErr error) error {
 	line := ""
 	if res != nil && res.Manifest != nil {
-		line = fmt.Sprintf("ok digest=%s files=%d bytes=%d seconds=%.3f", res.Manifest.ModelDigest, res.Files, res.Bytes, res.Duration.Seconds())
+		line = seal.FormatReport(seal.SuccessReport(res))
 	}
 	return writeTerminationLine(path, explicit, line, runErr)
 }
 
-// writeTerminationLine writes the error's message, or else line, as one line
-// to path. The default path is written only if it exists (in a Kubernetes
-// container); a path given on the command line is always written.
+// writeTerminationLine writes the error's report line, or else line, as one
+// line to path. The default path is written only if it exists (in a
+// Kubernetes container); a path given on the command line is always written.
 func writeTerminationLine(path string, explicit bool, line string, runErr error) error {
 	if path == "" {
 		return nil
@@ -193,7 +195,7 @@ func writeTerminationLine(path string, explicit bool, line string, runErr error)
 		}
 	}
 	if runErr != nil {
-		line = oneLine(runErr.Error())
+		line = seal.FormatReport(seal.FailureReport(runErr))
 	}
 	if line == "" {
 		return nil
@@ -202,16 +204,6 @@ func writeTerminationLine(path string, explicit bool, line string, runErr error)
 		return fmt.Errorf("writing the termination log: %w", err)
 	}
 	return nil
-}
-
-// oneLine fits a message on one line of at most 1024 bytes; the kubelet
-// keeps 4096 bytes of termination message per container.
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 1024 {
-		s = s[:1021] + "..."
-	}
-	return s
 }
 
 func (c *cli) openOptions(cmd *cobra.Command, flags *openFlags, label string) (seal.OpenOptions, *progress.Meter, error) {
@@ -243,8 +235,9 @@ func (c *cli) verifyCommand() *cobra.Command {
 		Short: "Authenticate every chunk of a sealed bundle without writing plaintext",
 		Long: strings.TrimSpace(`
 Verify authenticates the manifest and every chunk of BUNDLE (a directory or an
-https:// URL) with the same key flags as unseal, and writes no plaintext
-anywhere. On success it prints the model digest on stdout.`),
+https:// URL) with the same key flags as unseal, checks that every file's
+decrypted content has the digest the manifest records, and writes no
+plaintext anywhere. On success it prints the model digest on stdout.`),
 		Example: `  modelguard verify ./llama-8b.sealed --kek-file kek.bin --expect-digest sha256:…`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -332,9 +325,12 @@ func (c *cli) resolveKeyCommand() *cobra.Command {
 		Short: "Report a bundle's wrapped data key and model digest for the operator (no key needed)",
 		Long: strings.TrimSpace(`
 Resolve-key reads the manifest of BUNDLE (a directory or an https:// URL) and
-prints, as one line of JSON, its key record (provider, key id, wrapped data key)
-and model digest: {"key":{…},"modelDigest":"sha256:…"}. Nothing in it is
-secret: the wrapped data key opens only with the key-encryption key.
+prints, as one line of JSON, its format version, bundle id, key record
+(provider, key id, wrapped data key) and model digest:
+{"version":2,"bundleId":"…","key":{…},"modelDigest":"sha256:…"}. Nothing in it
+is secret: the wrapped data key opens only with the key-encryption key, and
+from format version 2 only for this bundle id and the model digest the
+operator expects (spec.weights.digest), not the one the bundle claims.
 
 The operator runs it in a short-lived Job when the bundle is on a volume it
 cannot mount itself, and reads the line from the termination log
@@ -359,7 +355,7 @@ the unseal init container authenticates the whole bundle with the data key.`),
 			if err != nil {
 				return err
 			}
-			data, err := json.Marshal(seal.ResolvedKey{Key: m.Key, ModelDigest: m.ModelDigest})
+			data, err := json.Marshal(seal.ResolvedKeyOf(m))
 			if err != nil {
 				return fmt.Errorf("encoding the key record: %w", err)
 			}
@@ -383,7 +379,7 @@ func printManifest(w io.Writer, location string, m *seal.Manifest) error {
 		fmt.Fprintf(tw, "%s:\t%s\n", k, v)
 	}
 	row("Bundle", location)
-	row("Format", fmt.Sprintf("%s v%d", m.Format, m.Version))
+	row("Format", m.Format+", "+m.FormatDescription())
 	row("Cipher", m.Cipher)
 	row("Model digest", m.ModelDigest)
 	row("Created", m.CreatedAt.Format(time.RFC3339))

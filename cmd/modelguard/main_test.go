@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -158,7 +159,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.dek, err = seal.UnwrapDEK(context.Background(), m.Key, kek); err != nil {
+	if f.dek, err = seal.UnwrapDEK(context.Background(), m.Key, m.Binding(), kek); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -222,6 +223,7 @@ func TestSealUnsealVerifyInspect(t *testing.T) {
 		table := mustRun(t, nil, "inspect", f.bundle).stdout
 		for _, want := range []string{
 			"Model digest:      " + f.digest,
+			"Format:            modelguard.dev/sealed-bundle, format v2\n",
 			"Owner:             Acme Corp",
 			"Classification:    Confidential",
 			"Key provider:      kek",
@@ -268,7 +270,7 @@ func TestResolveKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := seal.ResolvedKey{Key: m.Key, ModelDigest: f.digest}
+	want := seal.ResolvedKey{Version: 2, BundleID: m.BundleID, Key: m.Key, ModelDigest: f.digest}
 	for name, text := range map[string]string{"stdout": r.stdout, "termination log": string(readFile(t, termLog))} {
 		var got seal.ResolvedKey
 		if err := json.Unmarshal([]byte(text), &got); err != nil {
@@ -281,14 +283,18 @@ func TestResolveKey(t *testing.T) {
 			t.Errorf("%s is not one line: %q", name, text)
 		}
 	}
-	// The operator's controller unwraps exactly what resolve-key reported.
+	// The operator's controller unwraps exactly what resolve-key reported,
+	// for the digest in its spec, and for no other.
 	kek, err := keys.NewKEK(f.kek)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dek, err := seal.UnwrapDEK(context.Background(), want.Key, kek)
+	dek, err := seal.UnwrapDEK(context.Background(), want.Key, want.Binding(f.digest), kek)
 	if err != nil || !bytes.Equal(dek, f.dek) {
 		t.Errorf("unwrapping the reported key: %v", err)
+	}
+	if _, err := seal.UnwrapDEK(context.Background(), want.Key, want.Binding("sha256:"+strings.Repeat("0", 64)), kek); !errors.Is(err, keys.ErrWrongKey) {
+		t.Errorf("unwrapping the reported key for another digest: got %v, want ErrWrongKey", err)
 	}
 
 	missing := filepath.Join(t.TempDir(), "missing")
@@ -349,7 +355,7 @@ func TestUnsealTerminationLog(t *testing.T) {
 
 	dest := memDir(t)
 	mustRun(t, nil, "unseal", f.bundle, dest, "--kek-file", f.kekFile, "--termination-log", termLog, "--progress", "none")
-	mustMatch(t, string(readFile(t, termLog)), `^ok digest=`+f.digest+` files=2 bytes=3145767 seconds=\d+\.\d{3}\n$`)
+	mustMatch(t, string(readFile(t, termLog)), `^ok digest=`+f.digest+` files=2 bytes=3145767 seconds=\d+\.\d{3} format=2\n$`)
 
 	// A tampered chunk: the reason names the file and chunk, and no
 	// plaintext is left.
@@ -572,5 +578,45 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 	}
 	if len(text) < 2000 {
 		t.Errorf("only %d bytes of output scanned; the runs did not produce what they should", len(text))
+	}
+}
+
+// TestV1Bundle reads the format version 1 bundle checked in under
+// internal/seal: inspect says its key wrap is unbound, and it still unseals
+// with its KEK (the seal package's test KEK).
+func TestV1Bundle(t *testing.T) {
+	bundle := filepath.Join("..", "..", "internal", "seal", "testdata", "v1-bundle")
+	table := mustRun(t, nil, "inspect", bundle).stdout
+	if want := "Format:            modelguard.dev/sealed-bundle, format v1 (unbound key wrap)\n"; !strings.Contains(table, want) {
+		t.Errorf("inspect table lacks %q:\n%s", want, table)
+	}
+	kek := bytes.Repeat([]byte{0x5a, 0xc3}, keys.KEKSize/2)
+	kekFile := writeFile(t, filepath.Join(t.TempDir(), "kek"), []byte(base64.StdEncoding.EncodeToString(kek)))
+	dest := memDir(t)
+	termLog := filepath.Join(t.TempDir(), "termination-log")
+	mustRun(t, nil, "unseal", bundle, dest, "--kek-file", kekFile, "--progress", "none", "--termination-log", termLog,
+		"--expect-digest", "sha256:70264abfe1a8dc9c18c4f8128f053d347eda37bfc1313b9c3a74674adee59872")
+	if got := string(readFile(t, filepath.Join(dest, "config.json"))); got != `{"model_type":"test"}` {
+		t.Errorf("config.json is %q", got)
+	}
+	mustMatch(t, string(readFile(t, termLog)), ` format=1\n$`)
+}
+
+// TestPassphraseKEKRefused checks that a 32-character passphrase given as a
+// KEK file is refused, pointing to the base64 form.
+func TestPassphraseKEKRefused(t *testing.T) {
+	f := newFixture(t)
+	pass := writeFile(t, filepath.Join(t.TempDir(), "kek"), []byte("correct horse battery staple!!!!"))
+	r := runCLI(t, nil, "verify", f.bundle, "--kek-file", pass, "--progress", "none")
+	if r.code != exitFail {
+		t.Errorf("exit %d, want %d", r.code, exitFail)
+	}
+	for _, want := range []string{"look like a passphrase", "base64"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr %q lacks %q", r.stderr, want)
+		}
+	}
+	if strings.Contains(r.stderr, "correct horse") {
+		t.Errorf("the error shows the passphrase: %q", r.stderr)
 	}
 }

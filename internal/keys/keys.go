@@ -13,7 +13,6 @@ package keys
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
@@ -59,11 +58,12 @@ type Provider interface {
 	// ID identifies the key-encryption key without revealing it: a
 	// fingerprint for a raw KEK, a key ARN or name for a KMS.
 	ID() string
-	// Wrap encrypts a DEK under the KEK.
-	Wrap(ctx context.Context, dek []byte) ([]byte, error)
+	// Wrap encrypts a DEK under the KEK, bound to the bundle b names.
+	Wrap(ctx context.Context, dek []byte, b Binding) ([]byte, error)
 	// Unwrap decrypts a wrapped DEK; it returns an error wrapping ErrWrongKey
-	// when the KEK does not match.
-	Unwrap(ctx context.Context, wrapped []byte) ([]byte, error)
+	// when the KEK does not match or the wrapping is bound to another
+	// bundle than b.
+	Unwrap(ctx context.Context, wrapped []byte, b Binding) ([]byte, error)
 }
 
 // KEK is a raw 256-bit key-encryption key. It wraps DEKs with AES-256-GCM
@@ -79,10 +79,6 @@ var _ Provider = (*KEK)(nil)
 // without guessing.
 const wrapVersion byte = 1
 
-// wrapAAD binds a wrapped DEK to its purpose, so that the same KEK used for
-// something else cannot be tricked into unwrapping its ciphertexts here.
-var wrapAAD = []byte("modelguard/v1 dek-wrap")
-
 // WrappedKEKSize is the size of a DEK wrapped by a KEK: version, nonce,
 // ciphertext and tag.
 const WrappedKEKSize = 1 + 12 + DEKSize + 16
@@ -92,13 +88,9 @@ func NewKEK(key []byte) (*KEK, error) {
 	if len(key) != KEKSize {
 		return nil, fmt.Errorf("%w: a KEK must be %d bytes, got %d", ErrInvalidKey, KEKSize, len(key))
 	}
-	block, err := aes.NewCipher(key)
+	aead, err := NewAESGCM(key)
 	if err != nil {
-		return nil, fmt.Errorf("creating AES cipher: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("creating AES-GCM: %w", err)
+		return nil, err
 	}
 	// The ID is derived, not a plain hash, so that it reveals nothing about
 	// the key even to someone who could guess candidate keys' hashes.
@@ -122,8 +114,14 @@ func GenerateKEK() (string, error) {
 
 // ParseKEK accepts a KEK as 32 raw bytes, 64 hex characters or the base64 of
 // 32 bytes (surrounding whitespace ignored), the forms people put in files
-// and Secrets.
+// and Secrets. Raw input that is all printable ASCII is refused: it is a
+// passphrase, not 256 random bits.
 func ParseKEK(data []byte) (*KEK, error) {
+	if len(data) == KEKSize && printableASCII(data) {
+		return nil, fmt.Errorf("KEK: %w: %d bytes of printable text look like a passphrase, not a raw 256-bit key; "+
+			"store the key as base64 of 32 random bytes (what `head -c 32 /dev/urandom | base64` prints), or as 64 hex characters",
+			ErrInvalidKey, len(data))
+	}
 	key, err := decodeKey(data, KEKSize)
 	if err != nil {
 		return nil, fmt.Errorf("KEK: %w", err)
@@ -152,8 +150,9 @@ func (k *KEK) Kind() string { return KindKEK }
 // ID returns the KEK's fingerprint, "kek:" and 16 hex digits.
 func (k *KEK) ID() string { return k.id }
 
-// Wrap encrypts dek under the KEK.
-func (k *KEK) Wrap(_ context.Context, dek []byte) ([]byte, error) {
+// Wrap encrypts dek under the KEK with b's AAD, which binds it to its
+// purpose and, from format version 2, to its bundle.
+func (k *KEK) Wrap(_ context.Context, dek []byte, b Binding) ([]byte, error) {
 	if len(dek) != DEKSize {
 		return nil, fmt.Errorf("%w: a data key must be %d bytes, got %d", ErrInvalidKey, DEKSize, len(dek))
 	}
@@ -162,11 +161,11 @@ func (k *KEK) Wrap(_ context.Context, dek []byte) ([]byte, error) {
 	if _, err := rand.Read(out[1:]); err != nil {
 		return nil, fmt.Errorf("reading random nonce: %w", err)
 	}
-	return k.aead.Seal(out, out[1:], dek, wrapAAD), nil
+	return k.aead.Seal(out, out[1:], dek, b.AAD()), nil
 }
 
-// Unwrap decrypts a DEK wrapped by Wrap with the same KEK.
-func (k *KEK) Unwrap(_ context.Context, wrapped []byte) ([]byte, error) {
+// Unwrap decrypts a DEK wrapped by Wrap with the same KEK and binding.
+func (k *KEK) Unwrap(_ context.Context, wrapped []byte, b Binding) ([]byte, error) {
 	if len(wrapped) != WrappedKEKSize {
 		return nil, fmt.Errorf("wrapped data key is %d bytes, want %d: %w", len(wrapped), WrappedKEKSize, ErrWrongKey)
 	}
@@ -174,9 +173,12 @@ func (k *KEK) Unwrap(_ context.Context, wrapped []byte) ([]byte, error) {
 		return nil, fmt.Errorf("wrapped data key has unknown version %d: %w", wrapped[0], ErrWrongKey)
 	}
 	nonce, sealed := wrapped[1:1+k.aead.NonceSize()], wrapped[1+k.aead.NonceSize():]
-	dek, err := k.aead.Open(nil, nonce, sealed, wrapAAD)
+	dek, err := k.aead.Open(nil, nonce, sealed, b.AAD())
 	if err != nil {
 		// The AEAD error says nothing useful; ErrWrongKey says what to do.
+		if b.Bound() {
+			return nil, fmt.Errorf("key %s, for %s: %w", k.id, b, ErrWrongKey)
+		}
 		return nil, fmt.Errorf("key %s: %w", k.id, ErrWrongKey)
 	}
 	return dek, nil
@@ -224,6 +226,17 @@ func decodeKey(data []byte, size int) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("%w: want %d raw bytes, %d hex characters or base64 of %d bytes; got %d bytes that are none of these",
 		ErrInvalidKey, size, 2*size, size, len(data))
+}
+
+// printableASCII reports whether every byte is printable ASCII (space to
+// tilde), which 32 random bytes are with a probability of about 1e-14.
+func printableASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // trimSpace trims ASCII whitespace without copying, so that no stray copy of

@@ -17,7 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-var kekBytes = []byte("0123456789abcdef0123456789ABCDEF")
+// kekBytes is not all printable ASCII, so that ParseKEK takes it raw.
+var kekBytes = []byte("0123456789abcdef0123456789ABCDE\xff")
 
 // leakForms are the ways key bytes could show up in text.
 func leakForms(key []byte) []string {
@@ -104,21 +105,22 @@ func TestKEKWrapUnwrap(t *testing.T) {
 	assertNoLeak(t, k.ID(), kekBytes)
 
 	dek := bytes.Repeat([]byte{0xd0}, DEKSize)
-	wrapped, err := k.Wrap(ctx, dek)
+	bundle := Binding{Version: 2, BundleID: strings.Repeat("ab", 16), ModelDigest: "sha256:" + strings.Repeat("0", 64)}
+	wrapped, err := k.Wrap(ctx, dek, bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(wrapped) != WrappedKEKSize || wrapped[0] != 1 {
 		t.Errorf("wrapped is %d bytes with version %d, want %d with 1", len(wrapped), wrapped[0], WrappedKEKSize)
 	}
-	again, err := k.Wrap(ctx, dek)
+	again, err := k.Wrap(ctx, dek, bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Equal(wrapped, again) {
 		t.Error("two wraps of the same DEK are equal: the nonce is not random")
 	}
-	got, err := k.Unwrap(ctx, wrapped)
+	got, err := k.Unwrap(ctx, wrapped, bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,18 +130,25 @@ func TestKEKWrapUnwrap(t *testing.T) {
 
 	tampered := bytes.Clone(wrapped)
 	tampered[30] ^= 1
+	otherBundle, otherDigest, unbound := bundle, bundle, Binding{Version: 1}
+	otherBundle.BundleID = strings.Repeat("cd", 16)
+	otherDigest.ModelDigest = "sha256:" + strings.Repeat("1", 64)
 	failures := map[string]struct {
 		kek     *KEK
 		wrapped []byte
+		binding Binding
 	}{
-		"other KEK":   {other, wrapped},
-		"tampered":    {k, tampered},
-		"truncated":   {k, wrapped[:40]},
-		"bad version": {k, append([]byte{2}, wrapped[1:]...)},
+		"other KEK":          {other, wrapped, bundle},
+		"tampered":           {k, tampered, bundle},
+		"truncated":          {k, wrapped[:40], bundle},
+		"bad version":        {k, append([]byte{2}, wrapped[1:]...), bundle},
+		"other bundle id":    {k, wrapped, otherBundle},
+		"other model digest": {k, wrapped, otherDigest},
+		"as an unbound wrap": {k, wrapped, unbound},
 	}
 	for name, tt := range failures {
 		t.Run(name, func(t *testing.T) {
-			_, err := tt.kek.Unwrap(ctx, tt.wrapped)
+			_, err := tt.kek.Unwrap(ctx, tt.wrapped, tt.binding)
 			if !errors.Is(err, ErrWrongKey) {
 				t.Fatalf("got %v, want ErrWrongKey", err)
 			}
@@ -147,7 +156,7 @@ func TestKEKWrapUnwrap(t *testing.T) {
 			assertNoLeak(t, err.Error(), dek)
 		})
 	}
-	if _, err := k.Wrap(ctx, dek[:16]); !errors.Is(err, ErrInvalidKey) {
+	if _, err := k.Wrap(ctx, dek[:16], bundle); !errors.Is(err, ErrInvalidKey) {
 		t.Errorf("wrapping a 16-byte DEK: %v, want ErrInvalidKey", err)
 	}
 }
@@ -265,4 +274,51 @@ func TestKEKFromSecret(t *testing.T) {
 		t.Errorf("short key: %v", err)
 	}
 	assertNoLeak(t, err.Error(), kekBytes[:10])
+}
+
+// Finding 8 of issue 16: a raw KEK is raw. A 32-character passphrase is
+// refused, pointing to the base64 form modelguard generates.
+func TestParseKEKRefusesPassphrase(t *testing.T) {
+	for _, pass := range []string{"correct horse battery staple!!!!", "0123456789abcdef0123456789ABCDEF"} {
+		_, err := ParseKEK([]byte(pass))
+		if err == nil {
+			t.Fatalf("the passphrase %q was taken as a raw KEK", pass)
+		}
+		if !errors.Is(err, ErrInvalidKey) || !strings.Contains(err.Error(), "base64") {
+			t.Errorf("got %v, want ErrInvalidKey pointing to the base64 form", err)
+		}
+		assertNoLeak(t, err.Error(), []byte(pass))
+	}
+}
+
+func TestBindingAAD(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("0", 64)
+	tests := []struct {
+		name    string
+		b       Binding
+		aad     string
+		context map[string]string
+	}{
+		{name: "version 1 is unbound", b: Binding{Version: 1, BundleID: "ignored", ModelDigest: digest}, aad: "modelguard/v1 dek-wrap"},
+		{name: "no version is unbound", b: Binding{}, aad: "modelguard/v1 dek-wrap"},
+		{
+			name: "version 2", b: Binding{Version: 2, BundleID: strings.Repeat("ab", 16), ModelDigest: digest},
+			aad: "modelguard/v2 dek-wrap\x00" + strings.Repeat("ab", 16) + "\x00" + digest,
+			context: map[string]string{
+				"modelguard.dev/format-version": "2",
+				"modelguard.dev/bundle-id":      strings.Repeat("ab", 16),
+				"modelguard.dev/model-digest":   digest,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.aad, string(tt.b.AAD())); diff != "" {
+				t.Errorf("AAD (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.context, tt.b.EncryptionContext()); diff != "" {
+				t.Errorf("EncryptionContext (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

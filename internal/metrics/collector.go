@@ -10,9 +10,6 @@ package metrics
 
 import (
 	"context"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -25,6 +22,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/seal"
 )
 
 // The collector lists these through the manager's cache; controller-gen
@@ -221,16 +219,10 @@ func phaseLabel(phase string) string {
 	return phase
 }
 
-// UnsealReport is what `modelguard unseal` writes to its termination log on
-// success: "ok digest=sha256:… files=N bytes=N seconds=S".
-type UnsealReport struct {
-	Digest  string
-	Files   int64
-	Bytes   int64
-	Seconds float64
-}
-
-func unsealReportOf(p *corev1.Pod) (UnsealReport, bool) {
+// unsealReportOf returns the success report the unseal init container of p
+// wrote to its termination message (seal.ParseReport), if it finished and
+// succeeded.
+func unsealReportOf(p *corev1.Pod) (seal.Report, bool) {
 	for _, s := range p.Status.InitContainerStatuses {
 		if s.Name != builder.UnsealContainerName {
 			continue
@@ -240,58 +232,13 @@ func unsealReportOf(p *corev1.Pod) (UnsealReport, bool) {
 			t = s.LastTerminationState.Terminated
 		}
 		if t == nil || t.ExitCode != 0 {
-			return UnsealReport{}, false
+			return seal.Report{}, false
 		}
-		r, err := ParseUnsealReport(t.Message)
-		if err != nil {
-			return UnsealReport{}, false
+		r, err := seal.ParseReport(t.Message)
+		if err != nil || !r.OK() {
+			return seal.Report{}, false
 		}
 		return r, true
 	}
-	return UnsealReport{}, false
-}
-
-// ParseUnsealReport parses the success line of the unseal termination log.
-// It rejects anything else, including failure messages, so that an error
-// text is never mistaken for a measurement.
-func ParseUnsealReport(message string) (UnsealReport, error) {
-	fields := strings.Fields(message)
-	if len(fields) == 0 || fields[0] != "ok" {
-		return UnsealReport{}, fmt.Errorf("not an unseal success report: %q", message)
-	}
-	var r UnsealReport
-	seen := map[string]bool{}
-	for _, f := range fields[1:] {
-		key, value, ok := strings.Cut(f, "=")
-		if !ok {
-			return UnsealReport{}, fmt.Errorf("unseal report field %q is not key=value", f)
-		}
-		var err error
-		switch key {
-		case "digest":
-			r.Digest = value
-		case "files":
-			r.Files, err = strconv.ParseInt(value, 10, 64)
-		case "bytes":
-			r.Bytes, err = strconv.ParseInt(value, 10, 64)
-		case "seconds":
-			r.Seconds, err = strconv.ParseFloat(value, 64)
-		default:
-			// Fields added by a newer unseal binary are not an error.
-			continue
-		}
-		if err != nil {
-			return UnsealReport{}, fmt.Errorf("unseal report field %s: %w", key, err)
-		}
-		seen[key] = true
-	}
-	for _, key := range []string{"bytes", "seconds"} {
-		if !seen[key] {
-			return UnsealReport{}, fmt.Errorf("unseal report %q has no %s", message, key)
-		}
-	}
-	if r.Bytes < 0 || r.Seconds < 0 {
-		return UnsealReport{}, fmt.Errorf("unseal report %q has a negative measurement", message)
-	}
-	return r, nil
+	return seal.Report{}, false
 }

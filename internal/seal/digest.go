@@ -51,6 +51,16 @@ func (c *leafCombiner) add(i int64, sum [sha256.Size]byte) {
 	}
 }
 
+// addUnit hashes the leaves of a unit's plaintext, which starts at plaintext
+// offset off. Units start on a leaf boundary (see unitChunks), so leaf
+// indexes follow from the offset.
+func (c *leafCombiner) addUnit(off int64, plain []byte) {
+	for lo := 0; lo < len(plain); lo += DigestLeafSize {
+		hi := min(lo+DigestLeafSize, len(plain))
+		c.add((off+int64(lo))/DigestLeafSize, sha256.Sum256(plain[lo:hi]))
+	}
+}
+
 // digest returns the file digest once all leaves were added.
 func (c *leafCombiner) digest() string {
 	c.mu.Lock()

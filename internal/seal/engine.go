@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -107,6 +106,11 @@ func (r *runner) fail(err error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Once the run has failed, an error its cancellation caused (a download
+	// cut short) says nothing about the bundle, whatever its place.
+	if r.first != nil && errors.Is(err, context.Canceled) {
+		return
+	}
 	if r.first == nil || before(err, r.first, r.order) {
 		r.first = err
 	}
@@ -138,6 +142,10 @@ type openEngine struct {
 	sink     plainSink
 	workers  int
 	progress Progress
+	// skipPlaintextDigest skips hashing the decrypted plaintext. Only the
+	// benchmarks set it, to measure what the hashing costs; no option of
+	// the package or the CLI reaches it.
+	skipPlaintextDigest bool
 }
 
 // openFile is one file in flight. It is closed when its last unit is done,
@@ -148,8 +156,10 @@ type openFile struct {
 	aead cipher.AEAD
 	in   *sealedReader
 	out  plainFile
-	refs atomic.Int64
-	once sync.Once
+	// leaves hashes the decrypted plaintext into the file digest.
+	leaves *leafCombiner
+	refs   atomic.Int64
+	once   sync.Once
 }
 
 func (of *openFile) close() error {
@@ -261,7 +271,7 @@ func (e *openEngine) startFile(r *runner, f *File) (*openFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	of := &openFile{f: f, g: geometryOf(f), in: in}
+	of := &openFile{f: f, g: geometryOf(f), in: in, leaves: newLeafCombiner()}
 	// The header first: a file swapped in from elsewhere is best described
 	// as foreign, not as the wrong size.
 	if err := e.checkHeader(of); err != nil {
@@ -336,7 +346,7 @@ func (e *openEngine) checkHeader(of *openFile) error {
 		n, err = io.ReadFull(of.in.stream, hdr)
 	}
 	if n == HeaderSize {
-		return compareHeader(of.f, hdr)
+		return compareHeader(e.m.Version, of.f, hdr)
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return &HeaderError{Path: of.f.Path, Detail: "the sealed file ends inside its header"}
@@ -345,15 +355,15 @@ func (e *openEngine) checkHeader(of *openFile) error {
 }
 
 // compareHeader explains how a header differs from the one the manifest
-// implies.
-func compareHeader(f *File, hdr []byte) error {
-	want := encodeHeader(f.ChunkSize, f.Salt)
-	n := len(headerMagic)
+// of the given format version implies.
+func compareHeader(version int, f *File, hdr []byte) error {
+	want := encodeHeader(version, f.ChunkSize, f.Salt)
+	n := magicSize
 	switch {
 	case bytes.Equal(hdr, want):
 		return nil
 	case !bytes.Equal(hdr[:n], want[:n]):
-		return &HeaderError{Path: f.Path, Detail: "bad magic: not a ModelGuard sealed file of format version 1"}
+		return &HeaderError{Path: f.Path, Detail: fmt.Sprintf("bad magic: not a ModelGuard sealed file of format version %d", version)}
 	case !bytes.Equal(hdr[n:n+4], want[n:n+4]):
 		return &HeaderError{Path: f.Path, Detail: "its chunk size differs from the manifest's"}
 	default:
@@ -399,17 +409,24 @@ func readStreamUnit(of *openFile, first, end int64, buf []byte) ([]byte, error) 
 	return buf, &ChunkError{Path: of.f.Path, Chunk: first, Err: fmt.Errorf("reading: %w", err)}
 }
 
+// release drops a reference to of. The last one, once every unit of the
+// file was decrypted, compares the digest of the plaintext with the
+// manifest's before the file is closed: the file is renamed into place only
+// if every file's digest matched.
 func (e *openEngine) release(r *runner, of *openFile) {
-	if of.refs.Add(-1) == 0 {
-		r.fail(of.close())
+	if of.refs.Add(-1) != 0 {
+		return
 	}
+	// After a failure some units were skipped, and the run fails anyway.
+	if !e.skipPlaintextDigest && r.ctx.Err() == nil {
+		if got := of.leaves.digest(); got != of.f.Digest {
+			r.fail(&DigestError{Path: of.f.Path, Got: got, Want: of.f.Digest})
+		}
+	}
+	r.fail(of.close())
 }
 
 func (e *openEngine) work(r *runner, jobs <-chan openJob, pool chan<- []byte) {
-	// Sealed files may be memory-mapped (mapFile); a fault reading one must
-	// become an error that openUnit reports, not a crash that would leave
-	// plaintext behind.
-	debug.SetPanicOnFault(true)
 	var inBuf, outBuf []byte
 	progress := e.progress
 	if progress == nil {
@@ -434,24 +451,11 @@ func (e *openEngine) work(r *runner, jobs <-chan openJob, pool chan<- []byte) {
 func (e *openEngine) openUnit(r *runner, job openJob, inBuf, outBuf *[]byte) (n int, err error) {
 	of, g := job.file, job.file.g
 	first, end := g.unit(job.unit)
+	// The ciphertext is always in a buffer of this worker's: GCM reads its
+	// input twice (for GHASH and for CTR), so decrypting from memory another
+	// process can write (a shared mapping of a file on a shared volume)
+	// would let it change plaintext after authentication.
 	in := job.in
-	if in == nil && of.in.mapped != nil {
-		start, size := g.cipherOff(first), int64(g.cipherLen(first, end))
-		if start+size > int64(len(of.in.mapped)) {
-			return 0, &ChunkError{Path: of.f.Path, Chunk: first, Err: ErrTruncated, Detail: "the sealed file shrank while it was read"}
-		}
-		in = of.in.mapped[start : start+size]
-		// A file truncated while mapped faults (SIGBUS) when read; work()
-		// runs with SetPanicOnFault, and this turns the panic into an error.
-		defer func() {
-			if p := recover(); p != nil {
-				if _, ok := p.(interface{ Addr() uintptr }); !ok {
-					panic(p)
-				}
-				n, err = 0, &ChunkError{Path: of.f.Path, Chunk: first, Err: ErrTruncated, Detail: "the sealed file shrank while it was read"}
-			}
-		}()
-	}
 	if in == nil {
 		size := g.cipherLen(first, end)
 		*inBuf = grow(*inBuf, size)
@@ -478,6 +482,11 @@ func (e *openEngine) openUnit(r *runner, job openJob, inBuf, outBuf *[]byte) (n 
 		}
 		pos += pl
 		cpos += pl + TagSize
+	}
+	// Hashed here, in the buffer no one else can write, in the same pass:
+	// the file's digest must match the manifest's (see release).
+	if !e.skipPlaintextDigest {
+		of.leaves.addUnit(off, out[:plainLen])
 	}
 	// After a failure nothing more is written: it would only be removed.
 	if of.out != nil && plainLen > 0 && r.ctx.Err() == nil {

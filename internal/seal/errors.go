@@ -22,7 +22,25 @@ var (
 	// ErrDigestMismatch means the bundle's model digest is not the expected
 	// one.
 	ErrDigestMismatch = errors.New("model digest mismatch")
+	// ErrPlaintextDigest means a file decrypted and authenticated under the
+	// data key, but its plaintext is not the one the manifest's digest
+	// names: a holder of the data key re-encrypted it.
+	ErrPlaintextDigest = errors.New("sealed file was tampered with: its decrypted content does not match its digest in the manifest")
 )
+
+// DigestError reports a file whose decrypted plaintext has another digest
+// than the authenticated manifest records.
+type DigestError struct {
+	Path      string
+	Got, Want string
+}
+
+func (e *DigestError) Error() string {
+	return fmt.Sprintf("%s: %s (it has %s, the manifest records %s; it was re-encrypted by a holder of the bundle's data key)",
+		e.Path, ErrPlaintextDigest.Error(), e.Got, e.Want)
+}
+
+func (e *DigestError) Unwrap() error { return ErrPlaintextDigest }
 
 // ChunkError locates a failure in one chunk of one file.
 type ChunkError struct {
@@ -79,11 +97,15 @@ func before(a, b error, order map[string]int) bool {
 func errorPlace(err error, order map[string]int) (file int, chunk int64) {
 	var ce *ChunkError
 	var he *HeaderError
+	var de *DigestError
 	switch {
 	case errors.As(err, &ce):
 		return order[ce.Path], ce.Chunk
 	case errors.As(err, &he):
 		return order[he.Path], -1
+	case errors.As(err, &de):
+		// Found after the file's last chunk.
+		return order[de.Path], 1 << 62
 	}
 	return 1 << 30, 0
 }

@@ -4,24 +4,31 @@
 //
 // Seal, Unseal and Verify process chunks in parallel across all cores and
 // read and write at offsets, with a few chunk buffers per worker whatever the
-// model size. Unseal authenticates every chunk as it decrypts it, so it needs
-// no separate hash pass: the expected model digest is compared with the
-// authenticated manifest before any plaintext is written.
+// model size. Unseal and Verify authenticate every chunk as they decrypt it
+// into a worker's private buffer, and hash the plaintext there in the same
+// pass: each file's digest must equal the manifest's before any plaintext is
+// renamed into place, so a pinned model digest covers the bytes served, not
+// only the manifest's claim.
 package seal
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+
+	"github.com/modelguard/modelguard/internal/keys"
 )
 
 const (
-	// FormatName and FormatVersion identify the manifest format.
+	// FormatName and FormatVersion identify the manifest format. Seal writes
+	// FormatVersion; readers also accept MinFormatVersion and later.
 	FormatName    = "modelguard.dev/sealed-bundle"
-	FormatVersion = 1
+	FormatVersion = 2
+	// MinFormatVersion is the oldest version readers accept: version 1
+	// bundles stay readable, with their unbound key wrap.
+	MinFormatVersion = 1
 
 	// Cipher names the construction in the manifest, for humans and for
 	// future versions.
@@ -50,20 +57,21 @@ const (
 	// SaltSize is the size of a file's HKDF salt.
 	SaltSize = 32
 	// HeaderSize is the size of a sealed file's header.
-	HeaderSize = len(headerMagic) + 4 + SaltSize
+	HeaderSize = magicSize + 4 + SaltSize
 
 	nonceSize = 12
+	magicSize = 8
 )
 
-// headerMagic starts every sealed file; the last two bytes are the format
-// version.
-const headerMagic = "MGSEAL\x00\x01"
+// headerMagic starts every sealed file: "MGSEAL", 0x00 and the format
+// version in the last byte.
+func headerMagic(version int) string { return "MGSEAL\x00" + string([]byte{byte(version)}) }
 
 // encodeHeader returns a sealed file's header: magic, chunk size (uint32
 // big-endian) and salt.
-func encodeHeader(chunkSize int, salt []byte) []byte {
+func encodeHeader(version, chunkSize int, salt []byte) []byte {
 	h := make([]byte, 0, HeaderSize)
-	h = append(h, headerMagic...)
+	h = append(h, headerMagic(version)...)
 	h = binary.BigEndian.AppendUint32(h, uint32(chunkSize))
 	return append(h, salt...)
 }
@@ -101,22 +109,15 @@ func nonce(dst *[nonceSize]byte, index int64, last bool) {
 
 // fileKey derives a file's AES-256-GCM key from the bundle's DEK, the file's
 // salt and its path. The path in the HKDF info binds each sealed file to its
-// place in the bundle, so swapping files is detected.
+// place in the bundle, so swapping files is detected. Versions 1 and 2 derive
+// it alike.
 func fileKey(dek, salt []byte, path string) (cipher.AEAD, error) {
 	key, err := hkdf.Key(sha256.New, dek, salt, "modelguard/v1 file key\x00"+path, 32)
 	if err != nil {
 		return nil, fmt.Errorf("deriving file key: %w", err)
 	}
 	defer clear(key)
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("creating AES cipher: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("creating AES-GCM: %w", err)
-	}
-	return aead, nil
+	return keys.NewAESGCM(key)
 }
 
 // manifestMACKey derives the key that authenticates the manifest.

@@ -24,7 +24,8 @@ import (
 // `go test`. MODELGUARD_UPDATE_FUZZ_SEEDS=1 regenerates them.
 
 // FuzzParseManifest feeds arbitrary bytes to the manifest parser. Anything it
-// accepts must satisfy the invariants the unseal path relies on, and must
+// accepts must satisfy the invariants the unseal path relies on, must be
+// canonical (its re-encoding is its MAC'd line, byte for byte) and must
 // survive a re-encoding unchanged.
 func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte{})
@@ -51,7 +52,14 @@ func FuzzParseManifest(f *testing.F) {
 		if ModelDigest(m.Files) != m.ModelDigest {
 			t.Fatal("accepted a model digest that is not of its files")
 		}
-		_, macLine, _ := bytes.Cut(data, []byte("\n"))
+		if len(m.Files) > MaxFiles || !validBundleID(m.BundleID) || m.Cipher != Cipher ||
+			!printable(m.SealedBy) || validateKeyInfo(m.Key) != nil {
+			t.Fatalf("accepted bad fields: %d files, bundleId %q, cipher %q, sealedBy %q, key %+v", len(m.Files), m.BundleID, m.Cipher, m.SealedBy, m.Key)
+		}
+		body, macLine, _ := bytes.Cut(data, []byte("\n"))
+		if again, err := json.Marshal(m); err != nil || !bytes.Equal(again, body) {
+			t.Fatalf("accepted a manifest that is not canonical:\n%s\nre-encodes as\n%s", body, again)
+		}
 		again, err := reencode(m, macLine)
 		if err != nil {
 			t.Fatalf("re-encoding: %v", err)
@@ -112,7 +120,7 @@ func FuzzChunkReader(f *testing.F) {
 		file := fx.file
 		src := &memSource{files: map[string][]byte{file.SealedPath(): sealed}, stream: stream}
 		sink := &memSink{files: map[string]*memFile{}}
-		e := &openEngine{src: src, m: &Manifest{Files: []File{file}}, dek: fuzzDEK, sink: sink, workers: 2}
+		e := &openEngine{src: src, m: &Manifest{Version: FormatVersion, Files: []File{file}}, dek: fuzzDEK, sink: sink, workers: 2}
 		err := e.run(context.Background())
 		if err == nil {
 			if !bytes.Equal(sink.files[file.Path].data, fx.plain) {
@@ -125,8 +133,9 @@ func FuzzChunkReader(f *testing.F) {
 		}
 		var ce *ChunkError
 		var he *HeaderError
-		if !errors.As(err, &ce) && !errors.As(err, &he) {
-			t.Fatalf("error %q does not locate a chunk or header", err)
+		var de *DigestError
+		if !errors.As(err, &ce) && !errors.As(err, &he) && !errors.As(err, &de) {
+			t.Fatalf("error %q does not locate a chunk or header, and is not a digest mismatch", err)
 		}
 		if !strings.Contains(err.Error(), file.Path) {
 			t.Fatalf("error %q does not name the file", err)
@@ -188,12 +197,29 @@ func encodeCorpusEntry(args []any) []byte {
 func manifestSeeds(t *testing.T) [][]any {
 	valid := validManifestFile(t)
 	edit := func(f func(m map[string]any)) []byte { return rewrite(t, valid, f, true) }
+	body, macLine, _ := bytes.Cut(valid, []byte("\n"))
+	raw := func(old, new string) []byte {
+		return append(append(bytes.Replace(bytes.Clone(body), []byte(old), []byte(new), 1), '\n'), macLine...)
+	}
 	seeds := [][]byte{
 		valid,
+		readBytes(t, filepath.Join("testdata", "v1-bundle", ManifestName)),
+		// Issue 16: non-canonical forms, deep paths, strings that are printed.
+		raw(`"ownership":{`, `"ownership":{"owner":"Mallory"},"ownership":{`),
+		raw(`"ownership":{`, `"Ownership":{"owner":"Mallory"},"ownership":{`),
+		raw(`"version":`, `"version": `),
+		raw(`"format":`, `"bundleId":"00000000000000000000000000000000","format":`),
+		edit(func(m map[string]any) { file0(m)["path"] = strings.Repeat("a/", MaxPathDepth) + "z" }),
+		edit(func(m map[string]any) { m["bundleId"] = "\x1b[2J" }),
+		edit(func(m map[string]any) { m["sealedBy"] = "modelguard \u202egnp.exe" }),
+		edit(func(m map[string]any) { m["cipher"] = "rot13" }),
+		edit(func(m map[string]any) { m["key"].(map[string]any)["id"] = "kek:\x07" }),
+		edit(func(m map[string]any) { m["key"].(map[string]any)["provider"] = "KEK" }),
+		edit(func(m map[string]any) { m["version"] = 1 }),
 		edit(func(m map[string]any) { file0(m)["path"] = "../escape" }),
 		edit(func(m map[string]any) { file0(m)["path"] = "w" }),
 		edit(func(m map[string]any) { file0(m)["chunkSize"] = 3 }),
-		edit(func(m map[string]any) { m["version"] = 2 }),
+		edit(func(m map[string]any) { m["version"] = 3 }),
 		edit(func(m map[string]any) { m["files"] = []any{} }),
 		rewrite(t, valid, func(m map[string]any) { file0(m)["size"] = 1 << 40 }, false),
 		bytes.SplitN(valid, []byte("\n"), 2)[0],
@@ -212,9 +238,17 @@ func chunkSeeds(t *testing.T) [][]any {
 		s := fx.sealed
 		flipped := bytes.Clone(s)
 		flipped[len(flipped)-1] ^= 1
+		// Issue 16: other plaintext of the same size, sealed under the same
+		// DEK, as a DEK holder can; and the format v1 magic.
+		other := pseudoRandom(uint64(200+i), len(fx.plain))
+		forged := specSealFile(t, fuzzDEK, fx.file.Salt, fx.file.Path, fx.file.ChunkSize, other)
+		v1Magic := bytes.Clone(s)
+		v1Magic[magicSize-1] = 1
 		for _, stream := range []bool{false, true} {
 			out = append(out,
 				[]any{byte(i), stream, s},
+				[]any{byte(i), stream, forged},
+				[]any{byte(i), stream, v1Magic},
 				[]any{byte(i), stream, s[:len(s)-1]},
 				[]any{byte(i), stream, append(bytes.Clone(s), s[HeaderSize:]...)},
 				[]any{byte(i), stream, flipped},

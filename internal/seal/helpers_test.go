@@ -166,7 +166,7 @@ func sealFiles(t testing.TB, files map[string][]byte, opts SealOptions) (string,
 // bundleDEK unwraps the bundle's DEK with the test KEK.
 func bundleDEK(t testing.TB, m *Manifest) []byte {
 	t.Helper()
-	dek, err := UnwrapDEK(context.Background(), m.Key, testKEK(t))
+	dek, err := UnwrapDEK(context.Background(), m.Key, m.Binding(), testKEK(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,9 +20,24 @@ import (
 	"github.com/modelguard/modelguard/internal/keys"
 )
 
-// MaxManifestSize bounds the manifest a reader accepts, so that a hostile
-// bundle cannot make it allocate without limit.
-const MaxManifestSize = 64 << 20
+// Bounds on what a reader parses before it can authenticate anything, so
+// that a hostile manifest costs time and memory linear in its size, and no
+// more than these allow (docs/sealed-format.md §5).
+const (
+	// MaxManifestSize bounds the manifest file.
+	MaxManifestSize = 64 << 20
+	// MaxFiles bounds the number of files in a bundle.
+	MaxFiles = 1 << 16
+	// MaxPathLen bounds a path in bytes, and MaxPathDepth its number of
+	// elements.
+	MaxPathLen   = 4096
+	MaxPathDepth = 64
+	// maxSealedByLen and maxKeyIDLen bound the printed strings of the
+	// manifest that have no fixed form.
+	maxSealedByLen = 256
+	maxKeyIDLen    = 512
+	maxProviderLen = 64
+)
 
 // ErrManifestAuth means the manifest's MAC did not verify under the data key.
 var ErrManifestAuth = errors.New("manifest failed authentication: it was modified, or the data key is not this bundle's")
@@ -118,11 +133,21 @@ func ParseManifest(data []byte) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := requireCanonical(macLine, macDoc); err != nil {
+		return nil, fmt.Errorf("manifest MAC line: %w", err)
+	}
 	m := &Manifest{}
 	if err := strictUnmarshal(body, m); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	// The MAC covers line 1's bytes, and readers other than this one (jq, a
+	// person) read those bytes: they must say exactly what m says. Re-encoding
+	// refuses duplicate keys, keys differing only in case (Go's decoder
+	// matches them), reordered fields and extra whitespace.
+	if err := requireCanonical(body, m); err != nil {
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	m.signed = body
@@ -170,17 +195,40 @@ func readManifest(ctx context.Context, src bundleSource) (*Manifest, error) {
 	return ParseManifest(data)
 }
 
-// UnwrapDEK unwraps the DEK recorded in info with p. It checks first that p
-// is the provider and key the bundle was sealed with, so that a wrong KEK
-// gives a clear error naming both key IDs (fingerprints, not key bytes).
-func UnwrapDEK(ctx context.Context, info KeyInfo, p keys.Provider) ([]byte, error) {
+// Binding is what the manifest says its wrapped DEK is bound to. A reader
+// that pins a model digest builds the binding with that digest instead (see
+// ResolvedKey.Binding).
+func (m *Manifest) Binding() keys.Binding {
+	return keys.Binding{Version: m.Version, BundleID: m.BundleID, ModelDigest: m.ModelDigest}
+}
+
+// FormatDescription describes the manifest's format version for people:
+// "format v2", or "format v1 (unbound key wrap)".
+func (m *Manifest) FormatDescription() string { return FormatDescription(m.Version) }
+
+// FormatDescription describes a format version for people, as inspect and
+// the operator's status show it.
+func FormatDescription(version int) string {
+	if version < 2 {
+		return fmt.Sprintf("format v%d (unbound key wrap)", max(version, 1))
+	}
+	return fmt.Sprintf("format v%d", version)
+}
+
+// UnwrapDEK unwraps the DEK recorded in info with p, bound to b. It checks
+// first that p is the provider and key the bundle was sealed with, so that a
+// wrong KEK gives a clear error naming both key IDs (fingerprints, not key
+// bytes). From format version 2 the wrapping opens only for the bundle id
+// and model digest in b: build b from the digest you expect (for the
+// operator, spec.weights.digest), not from what the bundle claims.
+func UnwrapDEK(ctx context.Context, info KeyInfo, b keys.Binding, p keys.Provider) ([]byte, error) {
 	if info.Provider != p.Kind() {
 		return nil, fmt.Errorf("the bundle's data key is wrapped by provider %q, not %q: %w", info.Provider, p.Kind(), keys.ErrWrongKey)
 	}
 	if info.ID != p.ID() {
 		return nil, fmt.Errorf("wrong key: the bundle was sealed with key %s, this key is %s: %w", info.ID, p.ID(), keys.ErrWrongKey)
 	}
-	dek, err := p.Unwrap(ctx, info.WrappedDEK)
+	dek, err := p.Unwrap(ctx, info.WrappedDEK, b)
 	if err != nil {
 		return nil, fmt.Errorf("unwrapping the data key: %w", err)
 	}
@@ -265,6 +313,20 @@ func decodeMAC(s string) ([]byte, error) {
 	return mac, nil
 }
 
+// requireCanonical checks that data is exactly the compact JSON encoding of
+// v, the form modelguard writes.
+func requireCanonical(data []byte, v any) error {
+	again, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("re-encoding: %w", err)
+	}
+	if !bytes.Equal(again, data) {
+		return errors.New("not in canonical form: it must be exactly the compact JSON modelguard writes " +
+			"(no duplicate keys, no keys differing only in case, fields in order, no extra whitespace)")
+	}
+	return nil
+}
+
 func strictUnmarshal(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -279,25 +341,31 @@ func strictUnmarshal(data []byte, v any) error {
 
 // validate checks everything that can be checked without a key, so that the
 // unseal path can trust shapes (sizes, paths, counts) before it touches the
-// file system.
+// file system. Its cost is linear in the manifest's size.
 func (m *Manifest) validate() error {
 	if m.Format != FormatName {
 		return fmt.Errorf("format %q is not %q", truncate(m.Format, 64), FormatName)
 	}
-	if m.Version != FormatVersion {
+	if m.Version < MinFormatVersion || m.Version > FormatVersion {
 		if m.Version > FormatVersion {
 			return fmt.Errorf("format version %d is newer than this modelguard supports (%d): upgrade modelguard", m.Version, FormatVersion)
 		}
-		return fmt.Errorf("format version %d is not supported (want %d)", m.Version, FormatVersion)
+		return fmt.Errorf("format version %d is not supported (want %d to %d)", m.Version, MinFormatVersion, FormatVersion)
+	}
+	if !validBundleID(m.BundleID) {
+		return fmt.Errorf("bundleId %q is not 32 lowercase hex digits", truncate(m.BundleID, 40))
+	}
+	if err := checkText("sealedBy", m.SealedBy, maxSealedByLen); err != nil {
+		return err
+	}
+	if m.Cipher != Cipher {
+		return fmt.Errorf("cipher %q is not %q", truncate(m.Cipher, 64), Cipher)
 	}
 	if m.DigestLeafSize != DigestLeafSize {
 		return fmt.Errorf("digestLeafSize %d is not %d", m.DigestLeafSize, DigestLeafSize)
 	}
-	if m.Key.Provider == "" || m.Key.ID == "" || len(m.Key.WrappedDEK) == 0 {
-		return errors.New("key: provider, id and wrappedDek are required")
-	}
-	if len(m.Key.WrappedDEK) > 4096 {
-		return fmt.Errorf("key.wrappedDek is %d bytes, more than 4096", len(m.Key.WrappedDEK))
+	if err := validateKeyInfo(m.Key); err != nil {
+		return err
 	}
 	if err := validateOwnership(m.Ownership); err != nil {
 		return err
@@ -305,7 +373,9 @@ func (m *Manifest) validate() error {
 	if len(m.Files) == 0 {
 		return errors.New("files: a bundle holds at least one file")
 	}
-	files := map[string]bool{}
+	if len(m.Files) > MaxFiles {
+		return fmt.Errorf("files: %d files, more than the %d a bundle may hold", len(m.Files), MaxFiles)
+	}
 	for i := range m.Files {
 		f := &m.Files[i]
 		if err := ValidatePath(f.Path); err != nil {
@@ -314,7 +384,6 @@ func (m *Manifest) validate() error {
 		if i > 0 && m.Files[i-1].Path >= f.Path {
 			return fmt.Errorf("files[%d]: %q is out of order or repeated: files are sorted by path", i, f.Path)
 		}
-		files[f.Path] = true
 		if f.Size < 0 || f.Size > 1<<50 {
 			return fmt.Errorf("files[%d] %s: size %d is out of range", i, f.Path, f.Size)
 		}
@@ -328,13 +397,8 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("files[%d] %s: digest %q is not sha256:<64 hex>", i, f.Path, truncate(f.Digest, 80))
 		}
 	}
-	// A path cannot be both a file and a directory holding other files.
-	for p := range files {
-		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
-			if files[dir] {
-				return fmt.Errorf("files: %q is a file and also the directory of %q", dir, p)
-			}
-		}
+	if _, err := checkPathTree(m.Files); err != nil {
+		return fmt.Errorf("files: %w", err)
 	}
 	if !validDigest(m.ModelDigest) {
 		return fmt.Errorf("modelDigest %q is not sha256:<64 hex>", truncate(m.ModelDigest, 80))
@@ -345,10 +409,103 @@ func (m *Manifest) validate() error {
 	return nil
 }
 
+// pathEdge names a path element under its parent directory's node.
+type pathEdge struct {
+	parent int
+	name   string
+}
+
+// checkPathTree refuses a path that is both a file and the directory of
+// another file. It builds the tree of path elements, looking each element of
+// each path up once under its parent, so its work is linear in the total
+// length of the paths (a walk up with path.Dir per path would cost depth ×
+// length). It returns that work, in bytes looked up, for a test to bound.
+func checkPathTree(files []File) (work int, err error) {
+	children := make(map[pathEdge]int, len(files))
+	isFile := []bool{false} // node 0 is the root
+	isDir := []bool{true}
+	for i := range files {
+		p := files[i].Path
+		node := 0
+		for start := 0; start <= len(p); {
+			end := strings.IndexByte(p[start:], '/')
+			last := end < 0
+			if last {
+				end = len(p)
+			} else {
+				end += start
+			}
+			edge := pathEdge{parent: node, name: p[start:end]}
+			work += len(edge.name) + 1
+			child, ok := children[edge]
+			if !ok {
+				child = len(isFile)
+				children[edge] = child
+				isFile, isDir = append(isFile, false), append(isDir, false)
+			}
+			switch {
+			case last && isDir[child]:
+				return work, fmt.Errorf("%q is a file and also the directory of other files", p)
+			case !last && isFile[child]:
+				return work, fmt.Errorf("%q is a file and also the directory of %q", p[:end], p)
+			case last:
+				isFile[child] = true
+			default:
+				isDir[child] = true
+			}
+			node = child
+			start = end + 1
+		}
+	}
+	return work, nil
+}
+
+func validateKeyInfo(k KeyInfo) error {
+	if k.Provider == "" || k.ID == "" || len(k.WrappedDEK) == 0 {
+		return errors.New("key: provider, id and wrappedDek are required")
+	}
+	if len(k.Provider) > maxProviderLen || strings.ContainsFunc(k.Provider, func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '-'
+	}) {
+		return fmt.Errorf("key.provider: want at most %d of a-z, 0-9 and -", maxProviderLen)
+	}
+	if len(k.ID) > maxKeyIDLen || strings.ContainsFunc(k.ID, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return fmt.Errorf("key.id: want at most %d printable ASCII characters without spaces", maxKeyIDLen)
+	}
+	if len(k.WrappedDEK) > 4096 {
+		return fmt.Errorf("key.wrappedDek is %d bytes, more than 4096", len(k.WrappedDEK))
+	}
+	return nil
+}
+
+// checkText refuses a printed string that is too long, not UTF-8, or holds
+// control or bidirectional-override characters, which could rewrite a
+// terminal or a log line.
+func checkText(name, v string, maxLen int) error {
+	if len(v) > maxLen || !printable(v) {
+		return fmt.Errorf("%s: want at most %d characters of printable UTF-8", name, maxLen)
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
+	})
+}
+
+func validBundleID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
 func validateOwnership(o Ownership) error {
 	for name, v := range map[string]string{"owner": o.Owner, "license": o.License, "copyright": o.Copyright} {
-		if len(v) > 1024 || !utf8.ValidString(v) || strings.ContainsFunc(v, unicode.IsControl) {
-			return fmt.Errorf("ownership.%s: want at most 1024 characters of printable UTF-8", name)
+		if err := checkText("ownership."+name, v, 1024); err != nil {
+			return err
 		}
 	}
 	if o.Classification != "" && !slices.Contains(Classifications, o.Classification) {
@@ -363,11 +520,13 @@ func ValidatePath(p string) error {
 	switch {
 	case p == "":
 		return errors.New("empty path")
-	case len(p) > 4096:
-		return fmt.Errorf("path of %d bytes is longer than 4096", len(p))
+	case len(p) > MaxPathLen:
+		return fmt.Errorf("path of %d bytes is longer than %d", len(p), MaxPathLen)
+	case strings.Count(p, "/") >= MaxPathDepth:
+		return fmt.Errorf("path %q has %d elements, more than %d", truncate(p, 80), strings.Count(p, "/")+1, MaxPathDepth)
 	case !utf8.ValidString(p):
 		return fmt.Errorf("path %q is not valid UTF-8", p)
-	case strings.ContainsFunc(p, unicode.IsControl):
+	case !printable(p):
 		return fmt.Errorf("path %q contains a control character", p)
 	case strings.Contains(p, `\`):
 		return fmt.Errorf("path %q contains a backslash", p)

@@ -50,11 +50,7 @@ func rewrite(t *testing.T, file []byte, edit func(m map[string]any), recompute b
 			m["modelDigest"] = ModelDigest(fs)
 		}
 	}
-	out, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(append(out, '\n'), macLine...)
+	return append(append(canonicalJSON(t, m), '\n'), macLine...)
 }
 
 func file0(m map[string]any) map[string]any { return m["files"].([]any)[0].(map[string]any) }
@@ -78,7 +74,7 @@ func TestParseManifestRejects(t *testing.T) {
 		{name: "not JSON", data: append([]byte("not json\n"), bytes.SplitAfterN(valid, []byte("\n"), 2)[1]...), want: "manifest: invalid character"},
 		{name: "unknown field", data: edit(func(m map[string]any) { m["extra"] = 1 }), want: `unknown field "extra"`},
 		{name: "other format", data: edit(func(m map[string]any) { m["format"] = "other" }), want: `format "other" is not "modelguard.dev/sealed-bundle"`},
-		{name: "newer version", data: edit(func(m map[string]any) { m["version"] = 2 }), want: "format version 2 is newer than this modelguard supports (1): upgrade modelguard"},
+		{name: "newer version", data: edit(func(m map[string]any) { m["version"] = 3 }), want: "format version 3 is newer than this modelguard supports (2): upgrade modelguard"},
 		{name: "version 0", data: edit(func(m map[string]any) { m["version"] = 0 }), want: "format version 0 is not supported"},
 		{name: "other leaf size", data: edit(func(m map[string]any) { m["digestLeafSize"] = 4096 }), want: "digestLeafSize 4096 is not 1048576"},
 		{name: "no wrapped key", data: edit(func(m map[string]any) { delete(m["key"].(map[string]any), "wrappedDek") }), want: "key: provider, id and wrappedDek are required"},

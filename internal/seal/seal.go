@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,9 +20,10 @@ import (
 	"github.com/modelguard/modelguard/internal/keys"
 )
 
-// SealOptions configure Seal.
+// SealOptions configure Seal and SealWithKey.
 type SealOptions struct {
-	// Provider wraps the bundle's fresh DEK; required.
+	// Provider wraps the bundle's fresh DEK; required by Seal, not used by
+	// SealWithKey.
 	Provider  keys.Provider
 	Ownership Ownership
 	// ChunkSize is the plaintext chunk size, a power of two between
@@ -48,12 +48,64 @@ type inputFile struct {
 	modTime time.Time
 }
 
-// Seal encrypts every file under srcDir into a new bundle in outDir, which
-// must not exist or be empty, and returns the manifest (its ModelDigest is
-// what spec.weights.digest expects). On error it removes what it wrote.
-func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Manifest, err error) {
+// NewDataKey returns a fresh random data key (DEK) for one bundle.
+func NewDataKey() ([]byte, error) { return newDataKey(rand.Reader) }
+
+func newDataKey(random io.Reader) ([]byte, error) {
+	dek := make([]byte, keys.DEKSize)
+	if _, err := io.ReadFull(random, dek); err != nil {
+		return nil, fmt.Errorf("generating the data key: %w", err)
+	}
+	return dek, nil
+}
+
+// WrapFunc returns the key record of a bundle's DEK, wrapped for the bundle
+// b names. SealWithKey calls it once, at the end, when the model digest is
+// known: in process with ProviderWrap, or through the operator's key-release
+// service for a pod that holds the DEK and no KEK.
+type WrapFunc func(ctx context.Context, b keys.Binding) (KeyInfo, error)
+
+// ProviderWrap returns a WrapFunc that wraps dek with p.
+func ProviderWrap(p keys.Provider, dek []byte) WrapFunc {
+	return func(ctx context.Context, b keys.Binding) (KeyInfo, error) {
+		wrapped, err := p.Wrap(ctx, dek, b)
+		if err != nil {
+			return KeyInfo{}, fmt.Errorf("wrapping the data key with %s: %w", p.ID(), err)
+		}
+		return KeyInfo{Provider: p.Kind(), ID: p.ID(), WrappedDEK: wrapped}, nil
+	}
+}
+
+// Seal encrypts every file under srcDir into a new bundle in outDir under a
+// fresh data key that opts.Provider wraps. See SealWithKey.
+func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (*Manifest, error) {
 	if opts.Provider == nil {
 		return nil, errors.New("no key provider")
+	}
+	random := opts.rand
+	if random == nil {
+		random = rand.Reader
+	}
+	dek, err := newDataKey(random)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(dek)
+	return SealWithKey(ctx, srcDir, outDir, dek, ProviderWrap(opts.Provider, dek), opts)
+}
+
+// SealWithKey encrypts every file under srcDir into a new bundle in outDir,
+// which must not exist or be empty, under dek (from NewDataKey; use each
+// only once), and returns the manifest (its ModelDigest is what
+// spec.weights.digest expects). When every file is sealed and the model
+// digest known, wrap supplies the key record, bound to the bundle id and
+// model digest. On error it removes what it wrote.
+func SealWithKey(ctx context.Context, srcDir, outDir string, dek []byte, wrap WrapFunc, opts SealOptions) (m *Manifest, err error) {
+	if len(dek) != keys.DEKSize {
+		return nil, fmt.Errorf("%w: a data key must be %d bytes, got %d", keys.ErrInvalidKey, keys.DEKSize, len(dek))
+	}
+	if wrap == nil {
+		return nil, errors.New("no way to wrap the data key")
 	}
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
@@ -62,6 +114,9 @@ func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Mani
 		return nil, fmt.Errorf("chunk size %d is not a power of two between %d and %d", opts.ChunkSize, MinChunkSize, MaxChunkSize)
 	}
 	if err := validateOwnership(opts.Ownership); err != nil {
+		return nil, err
+	}
+	if err := checkText("sealedBy", opts.SealedBy, maxSealedByLen); err != nil {
 		return nil, err
 	}
 	random := opts.rand
@@ -77,6 +132,9 @@ func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Mani
 	if err != nil {
 		return nil, err
 	}
+	if len(inputs) > MaxFiles {
+		return nil, fmt.Errorf("SRC_DIR %s holds %d files, more than the %d a bundle may hold", srcDir, len(inputs), MaxFiles)
+	}
 	cleanup, err := prepareOutDir(outDir)
 	if err != nil {
 		return nil, err
@@ -89,20 +147,10 @@ func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Mani
 		}
 	}()
 
-	dek := make([]byte, keys.DEKSize)
-	if _, err := io.ReadFull(random, dek); err != nil {
-		return nil, fmt.Errorf("generating the data key: %w", err)
-	}
-	defer clear(dek)
-	wrapped, err := opts.Provider.Wrap(ctx, dek)
-	if err != nil {
-		return nil, fmt.Errorf("wrapping the data key with %s: %w", opts.Provider.ID(), err)
-	}
 	bundleID := make([]byte, 16)
 	if _, err := io.ReadFull(random, bundleID); err != nil {
 		return nil, fmt.Errorf("generating the bundle id: %w", err)
 	}
-
 	m = &Manifest{
 		Format:         FormatName,
 		Version:        FormatVersion,
@@ -110,7 +158,6 @@ func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Mani
 		CreatedAt:      now().UTC().Truncate(time.Second),
 		SealedBy:       opts.SealedBy,
 		Cipher:         Cipher,
-		Key:            KeyInfo{Provider: opts.Provider.Kind(), ID: opts.Provider.ID(), WrappedDEK: wrapped},
 		Ownership:      opts.Ownership,
 		DigestLeafSize: DigestLeafSize,
 		Files:          make([]File, len(inputs)),
@@ -142,6 +189,11 @@ func Seal(ctx context.Context, srcDir, outDir string, opts SealOptions) (m *Mani
 		m.Files[i].Digest = e.digests[i]
 	}
 	m.ModelDigest = ModelDigest(m.Files)
+	// Wrapped last, once the digest is known, so that the wrapping is bound
+	// to this bundle and this model.
+	if m.Key, err = wrap(ctx, m.Binding()); err != nil {
+		return nil, err
+	}
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("internal error: the new manifest is invalid: %w", err)
 	}
@@ -376,7 +428,7 @@ func (e *sealEngine) openFile(i int) (*sealFile, error) {
 		return nil, fmt.Errorf("%s: creating sealed file: %w", in.path, err)
 	}
 	sf := &sealFile{f: f, g: geometryOf(f), in: src, out: out, leaves: newLeafCombiner(), digest: &e.digests[i]}
-	if _, err := out.Write(encodeHeader(f.ChunkSize, f.Salt)); err != nil {
+	if _, err := out.Write(encodeHeader(e.m.Version, f.ChunkSize, f.Salt)); err != nil {
 		return sf, fmt.Errorf("%s: writing header: %w", in.path, err)
 	}
 	if err := out.Truncate(sealedSize(f.Size, f.ChunkSize)); err != nil {
@@ -423,12 +475,7 @@ func (e *sealEngine) sealUnit(job sealJob, plainBuf, sealedBuf *[]byte) (int, er
 		}
 		return 0, fmt.Errorf("%s: reading at offset %d: %w", sf.f.Path, off, err)
 	}
-	// Units start on a leaf boundary (see unitChunks), so leaf indexes
-	// follow from the offset.
-	for lo := 0; lo < n; lo += DigestLeafSize {
-		hi := min(lo+DigestLeafSize, n)
-		sf.leaves.add((off+int64(lo))/DigestLeafSize, sha256.Sum256(plain[lo:hi]))
-	}
+	sf.leaves.addUnit(off, plain)
 	*sealedBuf = grow(*sealedBuf, g.cipherLen(first, end))
 	out := (*sealedBuf)[:0]
 	var nb [nonceSize]byte

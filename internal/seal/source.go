@@ -32,10 +32,7 @@ type bundleSource interface {
 // workers read their own chunks in parallel) or as a stream (a download: one
 // reader feeds the workers, and no ciphertext is staged on disk).
 type sealedReader struct {
-	at io.ReaderAt
-	// mapped is the file mapped into memory, when at is a local file that
-	// could be mapped.
-	mapped []byte
+	at     io.ReaderAt
 	stream io.Reader
 	// size is the sealed file's size, or -1 if a stream did not say.
 	size  int64
@@ -94,15 +91,9 @@ func (s *dirSource) open(_ context.Context, file *File) (*sealedReader, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: the sealed file %s is not a regular file", file.Path, file.SealedPath())
 	}
-	r := &sealedReader{at: f, size: info.Size(), close: f.Close}
-	if data, unmap, err := mapFile(f, info.Size()); err == nil {
-		r.mapped = data
-		r.close = func() error {
-			_ = unmap()
-			return f.Close()
-		}
-	}
-	return r, nil
+	// Read with pread into the workers' own buffers, never mapped: see
+	// openEngine.openUnit.
+	return &sealedReader{at: f, size: info.Size(), close: f.Close}, nil
 }
 
 func (s *dirSource) Close() error { return s.root.Close() }
@@ -130,10 +121,14 @@ func newHTTPSource(location string, client HTTPDoer) (*httpSource, error) {
 	return &httpSource{base: u, client: client}, nil
 }
 
+// MaxRedirects bounds the redirects a bundle download follows.
+const MaxRedirects = 5
+
 // DefaultHTTPClient returns a client for https bundles built on transport
 // (nil means a clone of http.DefaultTransport; set its TLSClientConfig for a
 // private CA). It times out connecting and waiting for response headers,
-// but not reading the body, which may be hundreds of gigabytes.
+// but not reading the body, which may be hundreds of gigabytes. It follows
+// at most MaxRedirects redirects, and only to https URLs.
 func DefaultHTTPClient(transport *http.Transport) *http.Client {
 	if transport == nil {
 		transport = http.DefaultTransport.(*http.Transport).Clone()
@@ -141,7 +136,39 @@ func DefaultHTTPClient(transport *http.Transport) *http.Client {
 	transport.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	transport.TLSHandshakeTimeout = 30 * time.Second
 	transport.ResponseHeaderTimeout = 60 * time.Second
-	return &http.Client{Transport: transport}
+	return &http.Client{Transport: transport, CheckRedirect: checkRedirect}
+}
+
+// checkRedirect refuses a redirect to anything but https, before the request
+// is sent, and more than MaxRedirects hops.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect to %s: bundles are fetched over https only", redactURL(req.URL.String()))
+	}
+	if len(via) > MaxRedirects {
+		return fmt.Errorf("more than %d redirects", MaxRedirects)
+	}
+	return nil
+}
+
+// checkFinalURL applies the redirect rules to a response from a caller's
+// client, which may follow redirects its own way: the bytes must come from
+// https, within MaxRedirects hops.
+func checkFinalURL(resp *http.Response) error {
+	hops := 0
+	for r := resp.Request; r != nil && r.Response != nil; r = r.Response.Request {
+		hops++
+	}
+	if resp.Request == nil || resp.Request.URL == nil {
+		return nil
+	}
+	if resp.Request.URL.Scheme != "https" {
+		return fmt.Errorf("it was redirected to %s: bundles are fetched over https only", redactURL(resp.Request.URL.String()))
+	}
+	if hops > MaxRedirects {
+		return fmt.Errorf("it was redirected %d times, more than %d", hops, MaxRedirects)
+	}
+	return nil
 }
 
 func (s *httpSource) fileURL(p string) string {
@@ -169,6 +196,10 @@ func (s *httpSource) get(ctx context.Context, what, p string) (*http.Response, e
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
+		return nil, fmt.Errorf("%s: fetching %s: %w", what, redactURL(target), err)
+	}
+	if err := checkFinalURL(resp); err != nil {
+		resp.Body.Close()
 		return nil, fmt.Errorf("%s: fetching %s: %w", what, redactURL(target), err)
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -53,11 +53,19 @@ func specNonce(i uint64, last bool) []byte {
 	return n
 }
 
-// specSealFile encrypts one file as §3 and §4 describe.
+// specSealFile encrypts one file as §3 and §4 describe, for format version 2.
 func specSealFile(t testing.TB, dek, salt []byte, path string, chunkSize int, plain []byte) []byte {
 	t.Helper()
+	return specSealFileVersion(t, 2, dek, salt, path, chunkSize, plain)
+}
+
+// specSealFileVersion encrypts one file for the given format version, which
+// only the magic's last byte depends on.
+func specSealFileVersion(t testing.TB, version int, dek, salt []byte, path string, chunkSize int, plain []byte) []byte {
+	t.Helper()
 	aead := specGCM(t, specHKDF(t, dek, salt, "modelguard/v1 file key\x00"+path, 32))
-	out := append([]byte("MGSEAL\x00\x01"), binary.BigEndian.AppendUint32(nil, uint32(chunkSize))...)
+	out := append([]byte("MGSEAL\x00"), byte(version))
+	out = binary.BigEndian.AppendUint32(out, uint32(chunkSize))
 	out = append(out, salt...)
 	n := max(1, (len(plain)+chunkSize-1)/chunkSize)
 	for i := range n {
@@ -68,7 +76,9 @@ func specSealFile(t testing.TB, dek, salt []byte, path string, chunkSize int, pl
 }
 
 type specManifest struct {
-	Key struct {
+	Version  int    `json:"version"`
+	BundleID string `json:"bundleId"`
+	Key      struct {
 		ID         string `json:"id"`
 		WrappedDEK string `json:"wrappedDek"`
 	} `json:"key"`
@@ -99,7 +109,12 @@ func specOpen(t testing.TB, dir string, kek []byte) (map[string][]byte, []byte) 
 	if len(wrapped) != 61 || wrapped[0] != 1 {
 		t.Fatalf("wrapped DEK is %d bytes starting %d; the spec says 61 starting 1", len(wrapped), wrapped[0])
 	}
-	dek, err := specGCM(t, kek).Open(nil, wrapped[1:13], wrapped[13:], []byte("modelguard/v1 dek-wrap"))
+	if m.Version != 2 {
+		t.Fatalf("version %d, want 2", m.Version)
+	}
+	// §2.1: version 2 binds the wrapping to the bundle id and model digest.
+	aad := "modelguard/v2 dek-wrap\x00" + m.BundleID + "\x00" + m.ModelDigest
+	dek, err := specGCM(t, kek).Open(nil, wrapped[1:13], wrapped[13:], []byte(aad))
 	if err != nil {
 		t.Fatalf("unwrapping as specified: %v", err)
 	}
@@ -117,7 +132,7 @@ func specOpen(t testing.TB, dir string, kek []byte) (map[string][]byte, []byte) 
 	for _, f := range m.Files {
 		salt, _ := base64.StdEncoding.DecodeString(f.Salt)
 		sealed := readBytes(t, filepath.Join(dir, filepath.FromSlash(f.Path)+".sealed"))
-		wantHeader := append([]byte("MGSEAL\x00\x01"), binary.BigEndian.AppendUint32(nil, uint32(f.ChunkSize))...)
+		wantHeader := append([]byte("MGSEAL\x00\x02"), binary.BigEndian.AppendUint32(nil, uint32(f.ChunkSize))...)
 		if !bytes.Equal(sealed[:44], append(wantHeader, salt...)) {
 			t.Fatalf("%s: header differs from the spec", f.Path)
 		}

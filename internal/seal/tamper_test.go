@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -67,11 +68,25 @@ func editManifest(t *testing.T, dir string, edit func(m map[string]any)) {
 		t.Fatal(err)
 	}
 	edit(m)
-	body, err := json.Marshal(m)
+	writeBytes(t, p, append(append(canonicalJSON(t, m), '\n'), macLine...))
+}
+
+// canonicalJSON encodes an edited manifest as modelguard writes manifests,
+// so that the edit, not its form, is what a reader trips on.
+func canonicalJSON(t testing.TB, edited map[string]any) []byte {
+	t.Helper()
+	data, err := json.Marshal(edited)
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeBytes(t, p, append(append(body, '\n'), macLine...))
+	var m Manifest
+	if err := strictUnmarshal(data, &m); err != nil {
+		return data // not a manifest any more: keep it as it is
+	}
+	if data, err = json.Marshal(&m); err != nil {
+		t.Fatal(err)
+	}
+	return data
 }
 
 func copyDir(t *testing.T, src, dst string) {
@@ -147,7 +162,7 @@ func TestTamper(t *testing.T) {
 			tamper: func(t *testing.T, dir string) { flipBit(t, a(dir), 2) },
 			want:   `^header of a\.bin does not match the authenticated manifest: bad magic`, is: ErrHeader},
 		{name: "bit flip in a header's chunk size",
-			tamper: func(t *testing.T, dir string) { flipBit(t, a(dir), int64(len(headerMagic)+2)) },
+			tamper: func(t *testing.T, dir string) { flipBit(t, a(dir), int64(magicSize+2)) },
 			want:   `^header of a\.bin does not match the authenticated manifest: its chunk size differs`, is: ErrHeader},
 		{name: "bit flip in a chunk body",
 			tamper: func(t *testing.T, dir string) { flipBit(t, a(dir), chunkOff(37)+1000) },
@@ -180,7 +195,48 @@ func TestTamper(t *testing.T) {
 					mm["modelDigest"] = ModelDigest(fs)
 				})
 			},
+			// Format v2 binds the wrapped key to the model digest, so the KEK
+			// refuses before the MAC is reached; with the DEK, the MAC does.
+			want: `^unwrapping the data key: key kek:[0-9a-f]{16}, for format v2 bundle [0-9a-f]{32} model sha256:[0-9a-f]{64}: the wrapped data key does not open`,
+			is:   keys.ErrWrongKey},
+		{name: "manifest edited consistently, opened with the data key", key: Key{DEK: dek},
+			tamper: func(t *testing.T, dir string) {
+				editManifest(t, dir, func(mm map[string]any) { mm["ownership"].(map[string]any)["owner"] = "Mallory" })
+			},
 			want: `^modelguard\.json: manifest failed authentication`, is: ErrManifestAuth},
+		{name: "file re-encrypted by a data-key holder, same size", key: Key{DEK: dek}, expect: m.ModelDigest,
+			tamper: func(t *testing.T, dir string) {
+				forgeInPlace(t, dir, dek, map[string][]byte{"a.bin": pseudoRandom(23, tamperSize)}, nil)
+			},
+			want: `^a\.bin: sealed file was tampered with: its decrypted content does not match its digest in the manifest \(it has sha256:[0-9a-f]{64}, the manifest records sha256:[0-9a-f]{64}`,
+			is:   ErrPlaintextDigest},
+		{name: "file resized and re-encrypted by a data-key holder, manifest re-MACed", expect: m.ModelDigest,
+			tamper: func(t *testing.T, dir string) {
+				forgeInPlace(t, dir, dek, map[string][]byte{"w/b.bin": pseudoRandom(24, 5000)}, func(fm *Manifest) { fm.Files[1].Size = 5000 })
+			},
+			want: `^w/b\.bin: sealed file was tampered with: its decrypted content does not match`, is: ErrPlaintextDigest},
+		{name: "bundle minted by a data-key holder with this bundle's wrapped key",
+			tamper: func(t *testing.T, dir string) {
+				other := pseudoRandom(25, 5000)
+				forgeInPlace(t, dir, dek, map[string][]byte{"w/b.bin": other}, func(fm *Manifest) {
+					fm.Files[1].Size, fm.Files[1].Digest = 5000, FileDigest(other)
+					fm.ModelDigest = ModelDigest(fm.Files)
+				})
+			},
+			want: `^unwrapping the data key: key kek:[0-9a-f]{16}, for format v2 bundle [0-9a-f]{32} model sha256:[0-9a-f]{64}: the wrapped data key does not open`,
+			is:   keys.ErrWrongKey},
+		{name: "manifest with a duplicate key, re-MACed by a data-key holder", key: Key{DEK: dek},
+			tamper: func(t *testing.T, dir string) {
+				p := filepath.Join(dir, ManifestName)
+				body, _, _ := bytes.Cut(readBytes(t, p), []byte("\n"))
+				body = bytes.Replace(body, []byte(`"ownership":{`), []byte(`"ownership":{"owner":"Mallory"},"ownership":{`), 1)
+				mac, err := computeMAC(dek, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeBytes(t, p, fmt.Appendf(append(body, '\n'), "{\"mac\":%q}\n", macPrefix+base64.StdEncoding.EncodeToString(mac)))
+			},
+			want: `^manifest: not in canonical form`},
 		{name: "truncated file",
 			tamper: func(t *testing.T, dir string) { writeBytes(t, a(dir), readBytes(t, a(dir))[:chunkOff(39)+100]) },
 			want:   `^chunk 39 of a\.bin: sealed file is truncated \(the sealed file ends inside this chunk`, is: ErrTruncated},
@@ -249,7 +305,8 @@ func TestTamper(t *testing.T) {
 					key["wrappedDek"] = base64.StdEncoding.EncodeToString(wrapped)
 				})
 			},
-			want: `^unwrapping the data key: key kek:[0-9a-f]{16}: the wrapped data key does not open`, is: keys.ErrWrongKey},
+			want: `^unwrapping the data key: key kek:[0-9a-f]{16}, for format v2 bundle [0-9a-f]{32} model sha256:[0-9a-f]{64}: the wrapped data key does not open`,
+			is:   keys.ErrWrongKey},
 		{name: "wrong data key", key: Key{DEK: wrongDEK},
 			want: `^modelguard\.json: manifest failed authentication`, is: ErrManifestAuth},
 		{name: "wrong expected digest", expect: "sha256:" + strings.Repeat("ab", 32),

@@ -31,14 +31,19 @@ type Key struct {
 type OpenOptions struct {
 	Key Key
 	// ExpectDigest, if set, must equal the bundle's model digest
-	// ("sha256:<64 hex>"); it is checked against the authenticated manifest
-	// before any chunk is decrypted.
+	// ("sha256:<64 hex>"). It is checked against the manifest before any
+	// chunk is decrypted, the KEK unwraps the data key only for it (format
+	// version 2), and every file's plaintext must hash to the manifest's
+	// digest before it is renamed into place.
 	ExpectDigest string
 	// Workers is the number of parallel workers; 0 means GOMAXPROCS.
 	Workers int
 	// HTTPClient fetches https bundles; nil means DefaultHTTPClient(nil).
 	HTTPClient HTTPDoer
 	Progress   Progress
+
+	// skipPlaintextDigest is for the benchmarks alone: see openEngine.
+	skipPlaintextDigest bool
 }
 
 // UnsealOptions configure Unseal.
@@ -85,7 +90,7 @@ func verifySource(ctx context.Context, src bundleSource, opts OpenOptions) (*Res
 	if opts.Progress != nil {
 		opts.Progress.SetTotal(m.TotalSize())
 	}
-	e := &openEngine{src: src, m: m, dek: dek, workers: opts.Workers, progress: opts.Progress}
+	e := &openEngine{src: src, m: m, dek: dek, workers: opts.Workers, progress: opts.Progress, skipPlaintextDigest: opts.skipPlaintextDigest}
 	if err := e.run(ctx); err != nil {
 		return nil, err
 	}
@@ -157,7 +162,8 @@ func Unseal(ctx context.Context, location, dest string, opts UnsealOptions) (res
 	if opts.Progress != nil {
 		opts.Progress.SetTotal(m.TotalSize())
 	}
-	e := &openEngine{src: src, m: m, dek: dek, sink: sink, workers: opts.Workers, progress: opts.Progress}
+	e := &openEngine{src: src, m: m, dek: dek, sink: sink, workers: opts.Workers, progress: opts.Progress,
+		skipPlaintextDigest: opts.OpenOptions.skipPlaintextDigest}
 	if err := e.run(ctx); err != nil {
 		return nil, err
 	}
@@ -172,7 +178,10 @@ func Unseal(ctx context.Context, location, dest string, opts UnsealOptions) (res
 
 // openManifest reads the manifest, obtains and checks the DEK, authenticates
 // the manifest, and checks the expected digest, all before any chunk is
-// decrypted.
+// decrypted. With a provider, a manifest that names another model than the
+// expected one is refused before unwrapping, and the DEK is unwrapped for
+// the expected digest: a bundle cannot talk the KEK into opening it for
+// another model.
 func openManifest(ctx context.Context, src bundleSource, opts OpenOptions) (*Manifest, []byte, error) {
 	if opts.ExpectDigest != "" && !validDigest(opts.ExpectDigest) {
 		return nil, nil, fmt.Errorf("expected digest %q is not sha256:<64 lowercase hex>", truncate(opts.ExpectDigest, 80))
@@ -191,7 +200,14 @@ func openManifest(ctx context.Context, src bundleSource, opts OpenOptions) (*Man
 		}
 		dek = append([]byte(nil), k.DEK...)
 	case k.Provider != nil:
-		if dek, err = UnwrapDEK(ctx, m.Key, k.Provider); err != nil {
+		b := m.Binding()
+		if opts.ExpectDigest != "" {
+			if m.ModelDigest != opts.ExpectDigest {
+				return nil, nil, fmt.Errorf("%w: the bundle holds %s, expected %s", ErrDigestMismatch, m.ModelDigest, opts.ExpectDigest)
+			}
+			b.ModelDigest = opts.ExpectDigest
+		}
+		if dek, err = UnwrapDEK(ctx, m.Key, b, k.Provider); err != nil {
 			return nil, nil, err
 		}
 	default:

@@ -32,6 +32,8 @@ func TestSecretKEKProvider(t *testing.T) {
 		"kek":   []byte(base64.StdEncoding.EncodeToString(kek)),
 		"raw":   kek,
 		"short": kek[:16],
+		// Finding 8 of issue 16: 32 bytes of text are a passphrase.
+		"passphrase": []byte("correct horse battery staple!!!!"),
 	})
 	secrets, err := corev1client.NewForConfig(env.Config)
 	if err != nil {
@@ -65,6 +67,8 @@ func TestSecretKEKProvider(t *testing.T) {
 			check: func(err error) bool { return errors.Is(err, keys.ErrKeyNotInSecret) }, want: `has no such key "other"`},
 		{name: "short key", ref: keys.SecretRef{Namespace: ns, Name: "model-kek", Key: "short"},
 			check: func(err error) bool { return errors.Is(err, keys.ErrInvalidKey) }, want: "got 16 bytes"},
+		{name: "passphrase", ref: keys.SecretRef{Namespace: ns, Name: "model-kek", Key: "passphrase"},
+			check: func(err error) bool { return errors.Is(err, keys.ErrInvalidKey) }, want: "look like a passphrase"},
 	}
 	for _, tt := range failures {
 		t.Run(tt.name, func(t *testing.T) {

@@ -176,18 +176,29 @@ func newSealedKey(t *testing.T, digest string) sealedKey {
 	kekBytes, dek := make([]byte, keys.KEKSize), make([]byte, keys.DEKSize)
 	_, _ = rand.Read(kekBytes)
 	_, _ = rand.Read(dek)
-	kek, err := keys.NewKEK(kekBytes)
+	bundleID := make([]byte, 16)
+	_, _ = rand.Read(bundleID)
+	k := sealedKey{KEK: kekBytes, DEK: dek}
+	k.Resolved = k.resolvedFor(t, fmt.Sprintf("%x", bundleID), digest)
+	return k
+}
+
+// resolvedFor is the key record of a format v2 bundle with the given id and
+// model digest, sealed under k's DEK and KEK: the wrapped key is bound to
+// both.
+func (k sealedKey) resolvedFor(t *testing.T, bundleID, digest string) seal.ResolvedKey {
+	t.Helper()
+	kek, err := keys.NewKEK(k.KEK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wrapped, err := kek.Wrap(context.Background(), dek)
+	resolved := seal.ResolvedKey{Version: seal.FormatVersion, BundleID: bundleID, ModelDigest: digest}
+	wrapped, err := kek.Wrap(context.Background(), k.DEK, resolved.Binding(digest))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sealedKey{KEK: kekBytes, DEK: dek, Resolved: seal.ResolvedKey{
-		Key:         seal.KeyInfo{Provider: kek.Kind(), ID: kek.ID(), WrappedDEK: wrapped},
-		ModelDigest: digest,
-	}}
+	resolved.Key = seal.KeyInfo{Provider: kek.Kind(), ID: kek.ID(), WrappedDEK: wrapped}
+	return resolved
 }
 
 // secretForms are the encodings of key bytes that must never appear in

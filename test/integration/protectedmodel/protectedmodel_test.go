@@ -632,7 +632,8 @@ func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 		}
 		return nil
 	})
-	key.Resolved.ModelDigest = newDigest
+	// The wrapped key is bound to its bundle's digest: the new bundle has its own.
+	key.Resolved = key.resolvedFor(t, key.Resolved.BundleID, newDigest)
 	eventually(t, "the stale key-resolve Job is deleted", func() error {
 		jobs := &batchv1.JobList{}
 		if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
