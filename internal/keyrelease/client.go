@@ -163,6 +163,8 @@ type ReleaseParams struct {
 	Model       ModelRef
 	PodUID      string
 	ModelDigest string
+	// Bundle names the bundle, from its manifest.
+	Bundle BundleRef
 	// Key is the bundle's key record, from its manifest.
 	Key seal.KeyInfo
 }
@@ -176,7 +178,7 @@ func (c *Client) Release(ctx context.Context, p ReleaseParams) ([]byte, error) {
 	}
 	build := func(tok Token) any {
 		return &ReleaseRequest{Version: ProtocolVersion, Token: tok, Model: p.Model, PodUID: p.PodUID,
-			ModelDigest: p.ModelDigest, Key: p.Key, PublicKey: eph.PublicKey()}
+			ModelDigest: p.ModelDigest, Bundle: p.Bundle, Key: p.Key, PublicKey: eph.PublicKey()}
 	}
 	var resp ReleaseResponse
 	if err := c.call(ctx, ReleasePath, p.Token, build, &resp); err != nil {
@@ -199,6 +201,10 @@ type WrapParams struct {
 	Token  TokenSource
 	Model  ModelRef
 	PodUID string
+	// ModelDigest and Bundle name the bundle being sealed; the wrapping is
+	// bound to them. SealingProvider fills them in from seal's binding.
+	ModelDigest string
+	Bundle      BundleRef
 	// DEK is the fresh data key to wrap.
 	DEK []byte
 }
@@ -210,7 +216,8 @@ func (c *Client) Wrap(ctx context.Context, p WrapParams) (seal.KeyInfo, error) {
 		return seal.KeyInfo{}, fmt.Errorf("%w: a data key must be %d bytes, got %d", keys.ErrInvalidKey, keys.DEKSize, len(p.DEK))
 	}
 	build := func(tok Token) any {
-		return &WrapRequest{Version: ProtocolVersion, Token: tok, Model: p.Model, PodUID: p.PodUID, DEK: SecretBytes(p.DEK)}
+		return &WrapRequest{Version: ProtocolVersion, Token: tok, Model: p.Model, PodUID: p.PodUID,
+			ModelDigest: p.ModelDigest, Bundle: p.Bundle, DEK: SecretBytes(p.DEK)}
 	}
 	var resp WrapResponse
 	if err := c.call(ctx, WrapPath, p.Token, build, &resp); err != nil {

@@ -36,7 +36,10 @@ const (
 	testKey    = "nlp-models"
 )
 
-var testModel = ModelRef{Kind: KindProtectedModel, Namespace: "nlp", Name: "sentiment"}
+var (
+	testModel  = ModelRef{Kind: KindProtectedModel, Namespace: "nlp", Name: "sentiment"}
+	testBundle = BundleRef{FormatVersion: seal.FormatVersion, BundleID: "00112233445566778899aabbccddeeff"}
+)
 
 // fixture is a real KEK, a data key wrapped by it, and a token: the secrets
 // that no log line, error or denial body may contain.
@@ -55,7 +58,7 @@ func newFixture(t testing.TB) *fixture {
 	if f.kek, err = keys.NewKEK(f.kekBytes); err != nil {
 		t.Fatal(err)
 	}
-	wrapped, err := f.kek.Wrap(context.Background(), f.dek)
+	wrapped, err := f.kek.Wrap(context.Background(), f.dek, testBundle.Binding(testDigest))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,6 +190,7 @@ func (f *fixture) releaseParams() ReleaseParams {
 		Model:       testModel,
 		PodUID:      testPodUID,
 		ModelDigest: testDigest,
+		Bundle:      testBundle,
 		Key:         f.record,
 	}
 }
@@ -198,7 +202,7 @@ func (f *fixture) validRequest(t *testing.T) *ReleaseRequest {
 		t.Fatal(err)
 	}
 	return &ReleaseRequest{Version: ProtocolVersion, Token: f.token, Model: testModel, PodUID: testPodUID,
-		ModelDigest: testDigest, Key: f.record, PublicKey: eph.PublicKey()}
+		ModelDigest: testDigest, Bundle: testBundle, Key: f.record, PublicKey: eph.PublicKey()}
 }
 
 // writeSelfSignedCA writes a CA certificate that signed nothing the tests

@@ -123,6 +123,8 @@ type ReleaseRequest struct {
 	PodUID string `json:"podUID"`
 	// ModelDigest is the digest recorded in the bundle's manifest.
 	ModelDigest string `json:"modelDigest"`
+	// Bundle names the sealed bundle the wrapped key is bound to.
+	Bundle BundleRef `json:"bundle"`
 	// Key is the bundle's key record from its manifest: provider kind, key
 	// ID and wrapped data key. None of it is secret.
 	Key seal.KeyInfo `json:"key"`
@@ -133,7 +135,26 @@ type ReleaseRequest struct {
 
 // MarshalLog is what logr prints for a request: everything but the token.
 func (r *ReleaseRequest) MarshalLog() any {
-	return map[string]any{"model": r.Model.String(), "podUID": r.PodUID, "modelDigest": r.ModelDigest, "keyId": r.Key.ID}
+	return map[string]any{"model": r.Model.String(), "podUID": r.PodUID, "modelDigest": r.ModelDigest, "bundleId": r.Bundle.BundleID, "keyId": r.Key.ID}
+}
+
+// BundleRef names a sealed bundle: with the model digest it is the
+// keys.Binding that a wrapped data key is bound to (docs/sealed-format.md).
+type BundleRef struct {
+	// FormatVersion is the manifest's format version.
+	FormatVersion int `json:"formatVersion"`
+	// BundleID is the manifest's bundleId, 32 lowercase hex digits.
+	BundleID string `json:"bundleId"`
+}
+
+// Binding is the wrapping's binding for this bundle and digest.
+func (b BundleRef) Binding(modelDigest string) keys.Binding {
+	return keys.Binding{Version: b.FormatVersion, BundleID: b.BundleID, ModelDigest: modelDigest}
+}
+
+// BundleRefOf names the bundle a binding belongs to.
+func BundleRefOf(b keys.Binding) BundleRef {
+	return BundleRef{FormatVersion: b.Version, BundleID: b.BundleID}
 }
 
 // ReleaseResponse carries the released data key, sealed to the request's
@@ -160,13 +181,19 @@ type WrapRequest struct {
 	Model ModelRef `json:"model"`
 	// PodUID is the pod's UID (downward API).
 	PodUID string `json:"podUID"`
+	// ModelDigest is the digest of the bundle being sealed, known once its
+	// files are encrypted: format v2 wraps the data key last.
+	ModelDigest string `json:"modelDigest"`
+	// Bundle names the bundle being sealed; the wrapping is bound to it and
+	// to ModelDigest.
+	Bundle BundleRef `json:"bundle"`
 	// DEK is the fresh 32-byte data key to wrap.
 	DEK SecretBytes `json:"dek"`
 }
 
 // MarshalLog is what logr prints for a request: no token, no key.
 func (r *WrapRequest) MarshalLog() any {
-	return map[string]any{"model": r.Model.String(), "podUID": r.PodUID}
+	return map[string]any{"model": r.Model.String(), "podUID": r.PodUID, "modelDigest": r.ModelDigest, "bundleId": r.Bundle.BundleID}
 }
 
 // WrapResponse carries the wrapped key record to put in the sealed manifest.
@@ -221,6 +248,9 @@ func (r *ReleaseRequest) Validate() error {
 	if !digestPattern.MatchString(r.ModelDigest) {
 		return badRequest("modelDigest must be sha256: followed by 64 lowercase hex digits")
 	}
+	if err := validateBundle(r.Bundle, seal.MinFormatVersion); err != nil {
+		return err
+	}
 	if err := validateKeyInfo("key", r.Key); err != nil {
 		return err
 	}
@@ -235,6 +265,13 @@ func (r *WrapRequest) Validate() error {
 	if err := validateCommon(r.Version, r.Token, r.Model, r.PodUID); err != nil {
 		return err
 	}
+	if !digestPattern.MatchString(r.ModelDigest) {
+		return badRequest("modelDigest must be sha256: followed by 64 lowercase hex digits")
+	}
+	// New bundles are sealed in the current format, whose wrapping is bound.
+	if err := validateBundle(r.Bundle, seal.FormatVersion); err != nil {
+		return err
+	}
 	if len(r.DEK) != keys.DEKSize {
 		return badRequest("dek must be %d bytes, got %d", keys.DEKSize, len(r.DEK))
 	}
@@ -243,6 +280,8 @@ func (r *WrapRequest) Validate() error {
 
 var (
 	digestPattern = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+	// A manifest's bundleId.
+	bundleIDPattern = regexp.MustCompile(`^[a-f0-9]{32}$`)
 	// A Kubernetes UID is an RFC 4122 UUID in its text form.
 	uidPattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 	// A JWT in compact serialisation: three base64url segments.
@@ -273,6 +312,18 @@ func validateCommon(version int, token Token, model ModelRef, podUID string) err
 	}
 	if !uidPattern.MatchString(podUID) {
 		return badRequest("podUID must be a lowercase UUID")
+	}
+	return nil
+}
+
+// validateBundle accepts format versions from minVersion to the current one
+// and, for a bound (v2+) wrapping, a bundle id of 32 lowercase hex digits.
+func validateBundle(b BundleRef, minVersion int) error {
+	if b.FormatVersion < minVersion || b.FormatVersion > seal.FormatVersion {
+		return badRequest("bundle.formatVersion must be %d to %d, got %d", minVersion, seal.FormatVersion, b.FormatVersion)
+	}
+	if b.Binding("").Bound() && !bundleIDPattern.MatchString(b.BundleID) {
+		return badRequest("bundle.bundleId must be 32 lowercase hex digits")
 	}
 	return nil
 }

@@ -79,6 +79,9 @@ func TestDecodeReleaseRequest(t *testing.T) {
 		{"model kind unknown", edit(func(m map[string]any) { sub(m, "model")["kind"] = "Pod" }), "model.kind must be"},
 		{"model namespace invalid", edit(func(m map[string]any) { sub(m, "model")["namespace"] = "NLP" }), "model.namespace must be a DNS-1123 label"},
 		{"model name missing", edit(func(m map[string]any) { delete(sub(m, "model"), "name") }), "model.name must be a DNS-1035 label"},
+		{"bundle missing", edit(func(m map[string]any) { delete(m, "bundle") }), "bundle.formatVersion must be 1 to 2, got 0"},
+		{"bundle format from the future", edit(func(m map[string]any) { sub(m, "bundle")["formatVersion"] = 3 }), "bundle.formatVersion must be 1 to 2, got 3"},
+		{"bundle id not hex", edit(func(m map[string]any) { sub(m, "bundle")["bundleId"] = "zz112233445566778899aabbccddeeff" }), "bundle.bundleId must be 32 lowercase hex digits"},
 		{"pod UID not a UUID", edit(func(m map[string]any) { m["podUID"] = "pod-1" }), "podUID must be a lowercase UUID"},
 		{"digest other algorithm", edit(func(m map[string]any) { m["modelDigest"] = "md5:abc" }), "modelDigest must be sha256:"},
 		{"key provider missing", edit(func(m map[string]any) { delete(sub(m, "key"), "provider") }), "key.provider must be"},
@@ -105,7 +108,8 @@ func TestDecodeReleaseRequest(t *testing.T) {
 
 func TestDecodeWrapRequest(t *testing.T) {
 	f := newFixture(t)
-	valid := &WrapRequest{Version: ProtocolVersion, Token: f.token, Model: testModel, PodUID: testPodUID, DEK: SecretBytes(f.dek)}
+	valid := &WrapRequest{Version: ProtocolVersion, Token: f.token, Model: testModel, PodUID: testPodUID,
+		ModelDigest: testDigest, Bundle: testBundle, DEK: SecretBytes(f.dek)}
 	got, err := DecodeWrapRequest(bytes.NewReader(encode(t, valid)))
 	if err != nil {
 		t.Fatalf("valid request rejected: %v", err)
@@ -113,14 +117,28 @@ func TestDecodeWrapRequest(t *testing.T) {
 	if diff := cmp.Diff(valid, got); diff != "" {
 		t.Fatalf("decoded request differs (-sent +got):\n%s", diff)
 	}
-	for name, dek := range map[string][]byte{"short": f.dek[:31], "missing": nil} {
-		t.Run("dek "+name, func(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(r *WrapRequest)
+		want string
+	}{
+		{"dek short", func(r *WrapRequest) { r.DEK = f.dek[:31] }, "dek must be 32 bytes"},
+		{"dek missing", func(r *WrapRequest) { r.DEK = nil }, "dek must be 32 bytes"},
+		{"digest missing", func(r *WrapRequest) { r.ModelDigest = "" }, "modelDigest must be sha256:"},
+		// A new bundle's wrapping is always bound: format v1's is not.
+		{"format v1", func(r *WrapRequest) { r.Bundle.FormatVersion = 1 }, "bundle.formatVersion must be 2 to 2, got 1"},
+		{"bundle id missing", func(r *WrapRequest) { r.Bundle.BundleID = "" }, "bundle.bundleId must be 32 lowercase hex digits"},
+		{"bundle id upper case", func(r *WrapRequest) { r.Bundle.BundleID = strings.ToUpper(testBundle.BundleID) }, "bundle.bundleId must be"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
 			req := *valid
-			req.DEK = dek
+			tc.edit(&req)
 			_, err := DecodeWrapRequest(bytes.NewReader(encode(t, &req)))
-			if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "dek must be 32 bytes") {
-				t.Fatalf("want a dek error, got %v", err)
+			if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want an error saying %q, got %v", tc.want, err)
 			}
+			f.assertNoSecrets(t, "the error", err.Error())
 		})
 	}
 }
@@ -130,7 +148,8 @@ func TestDecodeWrapRequest(t *testing.T) {
 func TestRequestsPrintNoSecrets(t *testing.T) {
 	f := newFixture(t)
 	release := f.validRequest(t)
-	wrap := &WrapRequest{Version: ProtocolVersion, Token: f.token, Model: testModel, PodUID: testPodUID, DEK: SecretBytes(f.dek)}
+	wrap := &WrapRequest{Version: ProtocolVersion, Token: f.token, Model: testModel, PodUID: testPodUID,
+		ModelDigest: testDigest, Bundle: testBundle, DEK: SecretBytes(f.dek)}
 	var logs logBuffer
 	log := logs.logger()
 	for _, v := range []any{release, *release, wrap, *wrap, release.Token, wrap.DEK} {

@@ -26,9 +26,10 @@ type SealingProvider struct {
 var _ keys.Provider = (*SealingProvider)(nil)
 
 // NewSealingProvider returns a provider that wraps through c for the pod and
-// model in p (p.DEK is ignored).
+// model in p (p.DEK, p.ModelDigest and p.Bundle are ignored: Wrap takes them
+// from the data key and binding seal hands it).
 func NewSealingProvider(c *Client, p WrapParams) *SealingProvider {
-	p.DEK = nil
+	p.DEK, p.ModelDigest, p.Bundle = nil, "", BundleRef{}
 	return &SealingProvider{client: c, params: p}
 }
 
@@ -43,10 +44,11 @@ func (s *SealingProvider) ID() string {
 	return s.record.ID
 }
 
-// Wrap sends dek to the key-release service and returns the wrapped key.
-func (s *SealingProvider) Wrap(ctx context.Context, dek []byte) ([]byte, error) {
+// Wrap sends dek to the key-release service, which wraps it bound to b, and
+// returns the wrapped key.
+func (s *SealingProvider) Wrap(ctx context.Context, dek []byte, b keys.Binding) ([]byte, error) {
 	p := s.params
-	p.DEK = dek
+	p.DEK, p.ModelDigest, p.Bundle = dek, b.ModelDigest, BundleRefOf(b)
 	rec, err := s.client.Wrap(ctx, p)
 	if err != nil {
 		return nil, err
@@ -56,6 +58,6 @@ func (s *SealingProvider) Wrap(ctx context.Context, dek []byte) ([]byte, error) 
 }
 
 // Unwrap refuses: see ErrUnwrapNotOffered.
-func (s *SealingProvider) Unwrap(context.Context, []byte) ([]byte, error) {
+func (s *SealingProvider) Unwrap(context.Context, []byte, keys.Binding) ([]byte, error) {
 	return nil, ErrUnwrapNotOffered
 }

@@ -38,7 +38,7 @@ func TestSealThenReleaseEndToEnd(t *testing.T) {
 	if m.Key.Provider != f.kek.Kind() || m.Key.ID != f.kek.ID() {
 		t.Fatalf("the manifest records key %s %s, want the server's %s %s", m.Key.Provider, m.Key.ID, f.kek.Kind(), f.kek.ID())
 	}
-	if _, err := provider.Unwrap(context.Background(), m.Key.WrappedDEK); err == nil {
+	if _, err := provider.Unwrap(context.Background(), m.Key.WrappedDEK, m.Binding()); err == nil {
 		t.Error("the sealing provider unwrapped a key")
 	}
 
@@ -47,7 +47,7 @@ func TestSealThenReleaseEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := f.releaseParams()
-	p.ModelDigest, p.Key = manifest.ModelDigest, manifest.Key
+	p.ModelDigest, p.Bundle, p.Key = manifest.ModelDigest, BundleRefOf(manifest.Binding()), manifest.Key
 	dek, err := c.Release(context.Background(), p)
 	if err != nil {
 		t.Fatalf("releasing the new bundle's key: %v", err)

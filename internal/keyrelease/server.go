@@ -39,9 +39,12 @@ type Claim struct {
 	// PodUID is the UID the pod says it has; the Verifier must check it
 	// against the token's pod claim.
 	PodUID string
-	// ModelDigest and Key are set for OperationRelease only.
+	// ModelDigest is the bundle's digest: for a release, the Verifier
+	// checks it against the model's spec; for a wrap, it is the digest of
+	// the output being sealed.
 	ModelDigest string
-	Key         *seal.KeyInfo
+	// Key is set for OperationRelease only.
+	Key *seal.KeyInfo
 }
 
 // Decision is a Verifier's verdict.
@@ -77,9 +80,10 @@ type Verifier interface {
 // other error means the provider is unavailable and the pod retries.
 type Keys interface {
 	// Unwrap returns the data key of a bundle's key record.
-	Unwrap(ctx context.Context, modelKey string, record seal.KeyInfo) ([]byte, error)
-	// Wrap wraps a fresh data key and returns the record for the manifest.
-	Wrap(ctx context.Context, modelKey string, dek []byte) (seal.KeyInfo, error)
+	Unwrap(ctx context.Context, modelKey string, record seal.KeyInfo, binding keys.Binding) ([]byte, error)
+	// Wrap wraps a fresh data key, bound to binding, and returns the record
+	// for the manifest.
+	Wrap(ctx context.Context, modelKey string, dek []byte, binding keys.Binding) (seal.KeyInfo, error)
 }
 
 // Denial is a final refusal with its reason. A Keys implementation returns it,
@@ -99,21 +103,21 @@ var _ Keys = ProviderKeys(nil)
 
 // Unwrap checks that the record names the provider's kind and key ID, then
 // unwraps.
-func (f ProviderKeys) Unwrap(ctx context.Context, modelKey string, record seal.KeyInfo) ([]byte, error) {
+func (f ProviderKeys) Unwrap(ctx context.Context, modelKey string, record seal.KeyInfo, binding keys.Binding) ([]byte, error) {
 	p, err := f(ctx, modelKey)
 	if err != nil {
 		return nil, err
 	}
-	return seal.UnwrapDEK(ctx, record, p)
+	return seal.UnwrapDEK(ctx, record, binding, p)
 }
 
 // Wrap wraps dek with the provider.
-func (f ProviderKeys) Wrap(ctx context.Context, modelKey string, dek []byte) (seal.KeyInfo, error) {
+func (f ProviderKeys) Wrap(ctx context.Context, modelKey string, dek []byte, binding keys.Binding) (seal.KeyInfo, error) {
 	p, err := f(ctx, modelKey)
 	if err != nil {
 		return seal.KeyInfo{}, err
 	}
-	wrapped, err := p.Wrap(ctx, dek)
+	wrapped, err := p.Wrap(ctx, dek, binding)
 	if err != nil {
 		return seal.KeyInfo{}, fmt.Errorf("wrapping with %s: %w", p.ID(), err)
 	}
@@ -219,7 +223,9 @@ func (s *Server) serveRelease(w http.ResponseWriter, r *http.Request) {
 		s.reply(ctx, w, res.status, nil, res.outcome)
 		return
 	}
-	dek, err := s.opts.Keys.Unwrap(ctx, decision.ModelKey, req.Key)
+	// The Verifier has checked ModelDigest against the model's spec, so the
+	// wrapping opens only for the bundle the spec pins.
+	dek, err := s.opts.Keys.Unwrap(ctx, decision.ModelKey, req.Key, req.Bundle.Binding(req.ModelDigest))
 	if err != nil {
 		res := keysFailure(claim, decision, err)
 		s.reply(ctx, w, res.status, nil, res.outcome)
@@ -249,13 +255,13 @@ func (s *Server) serveWrap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer clear(req.DEK)
-	claim := Claim{Operation: OperationWrap, Token: req.Token, Model: req.Model, PodUID: req.PodUID}
+	claim := Claim{Operation: OperationWrap, Token: req.Token, Model: req.Model, PodUID: req.PodUID, ModelDigest: req.ModelDigest}
 	decision, res, ok := s.verify(ctx, claim)
 	if !ok {
 		s.reply(ctx, w, res.status, nil, res.outcome)
 		return
 	}
-	record, err := s.opts.Keys.Wrap(ctx, decision.ModelKey, req.DEK)
+	record, err := s.opts.Keys.Wrap(ctx, decision.ModelKey, req.DEK, req.Bundle.Binding(req.ModelDigest))
 	if err != nil {
 		res := keysFailure(claim, decision, err)
 		s.reply(ctx, w, res.status, nil, res.outcome)

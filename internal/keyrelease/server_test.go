@@ -76,16 +76,22 @@ func TestWrapRoundTrip(t *testing.T) {
 	srv, caFile := tlsServer(t, newTestServer(t, f.allowWhen(), f.keysFor(), &logs, nil))
 	c := newTestClient(t, srv.URL, caFile, fastBackoff(time.Second), logs.logger())
 	fresh := randomBytes(t, keys.DEKSize)
-	record, err := c.Wrap(context.Background(), WrapParams{Token: f.releaseParams().Token, Model: testModel, PodUID: testPodUID, DEK: fresh})
+	record, err := c.Wrap(context.Background(), WrapParams{Token: f.releaseParams().Token, Model: testModel, PodUID: testPodUID,
+		ModelDigest: testDigest, Bundle: testBundle, DEK: fresh})
 	if err != nil {
 		t.Fatalf("wrap: %v", err)
 	}
 	if record.Provider != keys.KindKEK || record.ID != f.kek.ID() {
 		t.Errorf("record names %s %s, want %s %s", record.Provider, record.ID, keys.KindKEK, f.kek.ID())
 	}
-	got, err := seal.UnwrapDEK(context.Background(), record, f.kek)
+	got, err := seal.UnwrapDEK(context.Background(), record, testBundle.Binding(testDigest), f.kek)
 	if err != nil {
 		t.Fatalf("unwrapping the returned record: %v", err)
+	}
+	// The service bound the wrapping to the bundle and digest it was sent.
+	otherDigest := "sha256:" + strings.Repeat("b", 64)
+	if _, err := seal.UnwrapDEK(context.Background(), record, testBundle.Binding(otherDigest), f.kek); err == nil {
+		t.Error("the wrapped key also opens for another model digest")
 	}
 	if !bytes.Equal(got, fresh) {
 		t.Fatal("the record wraps a different data key")
