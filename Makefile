@@ -193,7 +193,7 @@ cluster-down: ## Tear the local cluster down and verify that nothing of it is le
 	go run ./hack/local-cluster -repo $(CURDIR) down
 
 .PHONY: cluster-status
-cluster-status: ## Show the local cluster's components, node, GPU capacity and kubeconfig path.
+cluster-status: ## Show the local cluster's components, node, GPUs, DNS, StorageClasses, Secrets encryption, audit log path, Kueue and kubeconfig path.
 	go run ./hack/local-cluster -repo $(CURDIR) status
 
 .PHONY: test-e2e
