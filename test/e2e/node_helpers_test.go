@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -101,9 +102,9 @@ func diskContains(path string, needles ...[]byte) ([]bool, error) {
 // fscryptKeyPresent asks the kernel whether the filesystem at mountpoint has
 // the fscrypt v2 key with this identifier (hex) in its keyring.
 func fscryptKeyPresent(mountpoint, identifier string) (bool, error) {
-	var id [16]byte
-	if _, err := fmt.Sscanf(identifier, "%x", &id); err != nil || len(identifier) != 32 {
-		return false, fmt.Errorf("%q is not a key identifier", identifier)
+	id, err := hex.DecodeString(identifier)
+	if err != nil || len(id) != 16 {
+		return false, fmt.Errorf("%q is not a 16-byte hex key identifier", identifier)
 	}
 	f, err := os.Open(mountpoint)
 	if err != nil {
@@ -112,7 +113,7 @@ func fscryptKeyPresent(mountpoint, identifier string) (bool, error) {
 	defer f.Close()
 	var arg unix.FscryptGetKeyStatusArg
 	arg.Key_spec.Type = unix.FSCRYPT_KEY_SPEC_TYPE_IDENTIFIER
-	copy(arg.Key_spec.U[:], id[:])
+	copy(arg.Key_spec.U[:], id)
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.FS_IOC_GET_ENCRYPTION_KEY_STATUS, uintptr(unsafe.Pointer(&arg))); errno != 0 {
 		return false, fmt.Errorf("FS_IOC_GET_ENCRYPTION_KEY_STATUS: %w", errno)
 	}

@@ -49,7 +49,10 @@ const (
 	StandardStorageClass  = "standard"
 )
 
-// coreDNSCorefile serves only the cluster's zones. It has no forward plugin:
+// coreDNSCorefile serves only the cluster's zones. Records, and answers that
+// a name does not exist (a headless Service's pod before its endpoint is
+// published), live 5s, so that peers that look each other up at start find
+// each other within seconds. It has no forward plugin:
 // pods must never send a query to a resolver outside the machine, so any
 // other name is refused.
 func coreDNSCorefile() string {
@@ -59,7 +62,7 @@ func coreDNSCorefile() string {
     ready :8181
     kubernetes %s in-addr.arpa ip6.arpa {
         pods insecure
-        ttl 30
+        ttl 5
     }
     cache 30
     loadbalance
