@@ -100,6 +100,9 @@ func TestAuditPolicy(t *testing.T) {
 		t.Errorf("writes rule = %s, want it scoped to the protected namespaces", toYAML(t, writes))
 	}
 	for _, r := range rules {
+		if rm := r.(map[string]any); rm["users"] != nil && rm["userGroups"] != nil {
+			t.Errorf("rule %s has both users and userGroups: it would match only users in those groups", toYAML(t, rm))
+		}
 		if lvl := r.(map[string]any)["level"]; lvl != "Metadata" && lvl != "None" {
 			t.Errorf("rule at level %v: only Metadata keeps bodies (Secret values) out of the log", lvl)
 		}

@@ -87,6 +87,10 @@ func AuditPolicy(protectedNamespaces []string) map[string]any {
 			map[string]any{
 				"level": "None",
 				"users": []string{"system:kube-controller-manager", "system:kube-scheduler", "system:kube-proxy", "system:apiserver", KubeRouterUser, ProvisionerUser},
+			},
+			// users and userGroups in one rule must both match: two rules.
+			map[string]any{
+				"level": "None",
 				// Kubernetes' own controllers run as ServiceAccounts of kube-system.
 				"userGroups": []string{"system:nodes", "system:serviceaccounts:kube-system"},
 			},
