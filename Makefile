@@ -82,6 +82,7 @@ test: $(if $(CI),verify,fmt-check) vet test-unit test-e2e ## Run every check and
 .PHONY: test-unit
 test-unit: generate manifests envtest-assets $(HELM) $(KUSTOMIZE) $(MONITORING_CRDS) ## Run unit and envtest integration tests against the real kube-apiserver.
 	go test ./... -count=1
+	cd hack/tools/cluster && go test ./local-volume-provisioner/ -count=1
 
 .PHONY: envtest-assets
 envtest-assets: ## Build etcd, kube-apiserver and kubectl v$(K8S_VERSION) into bin/k8s.
@@ -154,6 +155,11 @@ undeploy: envtest-assets ## Remove the operator deployed by `make deploy`.
 # /var/lib/modelguard-cluster (MODELGUARD_CLUSTER_DIR), so that any clone finds
 # and cleans up after a run that died.
 KUBE_ROUTER_VERSION := v2.1.0
+# The add-ons' versions are pinned in hack/tools/cluster and hack/tools/kueue;
+# build-addon.sh checks that these agree.
+COREDNS_VERSION := v1.15.0
+KUEUE_VERSION := v0.17.0
+KUEUE_MANIFESTS := $(BIN)/kueue/$(KUEUE_VERSION)/kueue.yaml
 LOCAL_CLUSTER := $(BIN)/local-cluster -repo $(CURDIR)
 
 .PHONY: cluster-deps
@@ -161,14 +167,22 @@ cluster-deps: ## Install the Debian packages the cluster's node needs (container
 	hack/local-cluster/install-deps.sh
 
 .PHONY: cluster-binaries
-cluster-binaries: envtest-assets ## Build kube-scheduler, kube-controller-manager, kubelet, kube-proxy, kube-router and the harness.
+cluster-binaries: envtest-assets ## Build kube-scheduler, kube-controller-manager, kubelet, kube-proxy, kube-router, CoreDNS and the harness.
 	hack/build-k8s.sh $(K8S_BIN) kube-scheduler kube-controller-manager kubelet kube-proxy
 	hack/local-cluster/build-kube-router.sh $(KUBE_ROUTER_VERSION) $(BIN)/kube-router/$(KUBE_ROUTER_VERSION)
+	hack/local-cluster/build-addon.sh coredns hack/tools/cluster github.com/coredns/coredns github.com/coredns/coredns $(COREDNS_VERSION) $(BIN)/coredns
 	go build -o $(BIN)/local-cluster ./hack/local-cluster
 
 .PHONY: cluster-images
-cluster-images: cluster-binaries generate ## Build the image tarballs (pause, demo server, ModelGuard) and the fake GPU plugin into bin/images.
+cluster-images: cluster-binaries generate ## Build the image tarballs (pause, demo server, ModelGuard, CoreDNS; Kueue after `make kueue`), the fake GPU plugin and the volume provisioner into bin/images.
 	$(LOCAL_CLUSTER) -ldflags '$(GO_LDFLAGS)' images
+
+.PHONY: kueue
+kueue: $(KUSTOMIZE) ## Build Kueue (its manager and its default install rendered by kustomize) for `local-cluster kueue`.
+	hack/local-cluster/build-addon.sh kueue hack/tools/kueue sigs.k8s.io/kueue sigs.k8s.io/kueue/cmd/kueue $(KUEUE_VERSION) $(BIN)/kueue
+	@if [ ! -s $(KUEUE_MANIFESTS) ]; then \
+	  dir=$$(cd hack/tools/kueue && go mod download sigs.k8s.io/kueue && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue); \
+	  $(KUSTOMIZE) build "$$dir/config/default" > $(KUEUE_MANIFESTS).tmp && mv $(KUEUE_MANIFESTS).tmp $(KUEUE_MANIFESTS); fi
 
 .PHONY: cluster-up
 cluster-up: cluster-deps cluster-images ## Bring up the local cluster (needs root); prints the export KUBECONFIG line.
@@ -179,11 +193,13 @@ cluster-down: ## Tear the local cluster down and verify that nothing of it is le
 	go run ./hack/local-cluster -repo $(CURDIR) down
 
 .PHONY: cluster-status
-cluster-status: ## Show the local cluster's components, node, GPU capacity and kubeconfig path.
+cluster-status: ## Show the local cluster's components, node, GPUs, DNS, StorageClasses, Secrets encryption, audit log path, Kueue and kubeconfig path.
 	go run ./hack/local-cluster -repo $(CURDIR) status
 
 .PHONY: test-e2e
-test-e2e: cluster-deps cluster-images $(HELM) ## Run the e2e tests on the local cluster, brought up before and torn down after (even on failure).
+# Kueue is built for its e2e test (which installs it with `local-cluster kueue`)
+# before the images, so that its image tarball is written with the others.
+test-e2e: cluster-deps kueue cluster-images $(HELM) ## Run the e2e tests on the local cluster, brought up before and torn down after (even on failure).
 	go vet -tags e2e ./test/e2e/...
 	$(LOCAL_CLUSTER) run -- go test -tags e2e ./test/e2e/... -count=1 -v -timeout 20m
 

@@ -12,7 +12,8 @@ import (
 	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
-// goBuild builds a static binary; the Go build cache makes a warm run cheap.
+// goBuild builds a static binary in the module at root; the Go build cache
+// makes a warm run cheap.
 func goBuild(ctx context.Context, root, pkg, out, ldflags string) error {
 	args := []string{"build", "-trimpath", "-o", out}
 	if ldflags != "" {
@@ -40,11 +41,15 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 	type binary struct {
 		pkg, out, ldflags string
 		optional          bool
+		// module is the module's directory relative to root, when not root.
+		module string
 	}
 	binaries := []binary{
 		{pkg: "./test/images/pause", out: filepath.Join(binDir, "pause")},
 		{pkg: "./test/images/demo-server", out: filepath.Join(binDir, "demo-server")},
 		{pkg: "./test/images/fake-gpu-plugin", out: filepath.Join(dir, images.FakeGPUPluginBinary)},
+		// A host process; its module pins sig-storage-lib-external-provisioner.
+		{pkg: "./local-volume-provisioner", out: filepath.Join(dir, images.ProvisionerBinary), module: "hack/tools/cluster"},
 	}
 	if withModelGuard {
 		binaries = append(binaries,
@@ -61,7 +66,7 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 				continue
 			}
 		}
-		if err := goBuild(ctx, root, b.pkg, b.out, b.ldflags); err != nil {
+		if err := goBuild(ctx, filepath.Join(root, b.module), b.pkg, b.out, b.ldflags); err != nil {
 			return err
 		}
 		built[b.pkg] = true
@@ -90,6 +95,24 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 	if withModelGuard {
 		specs[images.ModelGuardTarball] = mg
 	}
+	// The add-ons, from binaries cached by version (hack/local-cluster/build-addon.sh).
+	coredns := filepath.Join(root, "bin", "coredns", images.CoreDNSVersion, "coredns")
+	if _, err := os.Stat(coredns); err != nil {
+		return fmt.Errorf("CoreDNS %s is missing (`make cluster-binaries` builds it): %w", images.CoreDNSVersion, err)
+	}
+	specs[images.CoreDNSTarball] = images.Spec{
+		Ref:        images.CoreDNSRef,
+		Files:      []images.File{{Path: "/coredns", Source: coredns, Mode: 0o755}},
+		Entrypoint: []string{"/coredns"},
+	}
+	// Kueue only when `make kueue` built it.
+	if kueue := filepath.Join(root, "bin", "kueue", images.KueueVersion, "kueue"); fileExists(kueue) {
+		specs[images.KueueTarball] = images.Spec{
+			Ref:        images.KueueRef,
+			Files:      []images.File{{Path: "/manager", Source: kueue, Mode: 0o755}},
+			Entrypoint: []string{"/manager"},
+		}
+	}
 
 	for file, spec := range specs {
 		wrote, err := images.WriteTarball(spec, filepath.Join(dir, file))
@@ -102,4 +125,9 @@ func buildImages(ctx context.Context, root, dir, ldflags string, withModelGuard 
 	}
 	logf("Binaries and images are current in %s (%.1fs)", dir, time.Since(began).Seconds())
 	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

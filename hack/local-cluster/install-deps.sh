@@ -6,7 +6,9 @@
 # dpkg queries.
 set -euo pipefail
 
-packages=(containerd runc containernetworking-plugins iptables nftables ipset conntrack iproute2)
+# e2fsprogs and mount: the volumes filesystem (mkfs.ext4 -O encrypt on a loop
+# device, for fscrypt).
+packages=(containerd runc containernetworking-plugins iptables nftables ipset conntrack iproute2 e2fsprogs mount)
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: the local cluster needs root (it runs containerd, kubelet and changes iptables)" >&2

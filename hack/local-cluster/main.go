@@ -13,6 +13,9 @@
 //	                        up), run CMD with KUBECONFIG set, and tear it down,
 //	                        whether CMD passes, fails or is interrupted
 //	local-cluster images    build the node's binaries and image tarballs
+//	local-cluster kueue     install Kueue (built by `make kueue`) into the
+//	                        running cluster, with a ClusterQueue of the fake
+//	                        GPUs; idempotent
 //
 // It needs root on a Debian-like machine; `make cluster-up` installs the
 // Debian packages and builds everything first.
@@ -44,7 +47,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `Usage: local-cluster [flags] up|down|status|env|images|run -- CMD...
+	fmt.Fprint(os.Stderr, `Usage: local-cluster [flags] up|down|status|env|images|kueue|run -- CMD...
 
 A real single-node Kubernetes for the demo and the e2e tests (needs root).
 
@@ -69,7 +72,7 @@ func run(args []string) error {
 	}
 	if fl.NArg() == 0 {
 		usage()
-		return errors.New("name a verb: up, down, status, env, images or run")
+		return errors.New("name a verb: up, down, status, env, images, kueue or run")
 	}
 	root, err := filepath.Abs(*repo)
 	if err != nil {
@@ -82,6 +85,7 @@ func run(args []string) error {
 	cfg.WorkDir = *workDir
 	cfg.GPUCount = *gpus
 	cfg.FakeGPUPlugin = filepath.Join(*imagesOut, images.FakeGPUPluginBinary)
+	cfg.Provisioner = filepath.Join(*imagesOut, images.ProvisionerBinary)
 	cfg.Images = images.Tarballs(*imagesOut)
 
 	logf := func(format string, a ...any) {
@@ -118,6 +122,8 @@ func run(args []string) error {
 		return nil
 	case "run":
 		return runWithCluster(ctx, c, rest, logf)
+	case "kueue":
+		return c.InstallKueue(ctx, filepath.Join(root, "bin", "kueue", images.KueueVersion, "kueue.yaml"), filepath.Join(*imagesOut, images.KueueTarball))
 	default:
 		usage()
 		return fmt.Errorf("unknown verb %q", verb)

@@ -34,6 +34,8 @@ type Config struct {
 	KubeRouter string
 	// FakeGPUPlugin is the fake GPU device plugin binary.
 	FakeGPUPlugin string
+	// Provisioner is the local-volume-provisioner binary (a host process).
+	Provisioner string
 	// Images are OCI image tarballs imported into containerd at Up.
 	Images []string
 
@@ -48,7 +50,9 @@ type Config struct {
 	ServiceCIDR string
 	// APIServiceIP is the ClusterIP of the default/kubernetes Service.
 	APIServiceIP string
-	BridgeName   string
+	// ClusterDNS is the kube-dns Service's ClusterIP, where CoreDNS answers.
+	ClusterDNS string
+	BridgeName string
 
 	APIServerPort int
 	EtcdPort      int
@@ -89,12 +93,14 @@ func DefaultConfig(repoRoot string) Config {
 		K8sBinDir:     filepath.Join(repoRoot, "bin", "k8s", "1.37.2"),
 		KubeRouter:    filepath.Join(repoRoot, "bin", "kube-router", "v2.1.0", "kube-router"),
 		FakeGPUPlugin: filepath.Join(repoRoot, "bin", "images", images.FakeGPUPluginBinary),
+		Provisioner:   filepath.Join(repoRoot, "bin", "images", images.ProvisionerBinary),
 		Images:        images.Tarballs(filepath.Join(repoRoot, "bin", "images")),
 		NodeName:      host,
 		PodCIDR:       DefaultPodCIDR,
 		BridgeIP:      DefaultBridgeIP,
 		ServiceCIDR:   DefaultServiceCIDR,
 		APIServiceIP:  DefaultAPIService,
+		ClusterDNS:    DefaultClusterDNS,
 		BridgeName:    DefaultBridgeName,
 		APIServerPort: 6443,
 		EtcdPort:      12379,
@@ -142,6 +148,9 @@ func (c Config) Validate() error {
 	if pods.Contains(svcs.IP) || svcs.Contains(pods.IP) {
 		return fmt.Errorf("pod CIDR %s and service CIDR %s overlap", c.PodCIDR, c.ServiceCIDR)
 	}
+	if ip := net.ParseIP(c.ClusterDNS); ip == nil || !svcs.Contains(ip) || c.ClusterDNS == c.APIServiceIP {
+		return fmt.Errorf("cluster DNS IP %q must be inside the service CIDR %s and differ from the API service IP", c.ClusterDNS, c.ServiceCIDR)
+	}
 	if c.GPUCount < 0 {
 		return fmt.Errorf("GPU count %d is negative", c.GPUCount)
 	}
@@ -173,6 +182,11 @@ type Paths struct {
 	CNIConfDir       string
 	CNIIPAMDir       string
 	ResolvConf       string
+	// EncryptionConfig holds the key that encrypts Secrets in etcd.
+	EncryptionConfig string
+	AuditPolicy      string
+	// AuditLog is the API server's audit log.
+	AuditLog string
 }
 
 func (c Config) paths() Paths {
@@ -196,6 +210,9 @@ func (c Config) paths() Paths {
 		CNIConfDir:       filepath.Join(w, "run", "cni", "net.d"),
 		CNIIPAMDir:       filepath.Join(w, "run", "cni", "ipam"),
 		ResolvConf:       filepath.Join(w, "run", "resolv.conf"),
+		EncryptionConfig: filepath.Join(w, "config", "encryption-config.yaml"),
+		AuditPolicy:      filepath.Join(w, "config", "audit-policy.yaml"),
+		AuditLog:         filepath.Join(w, "logs", "kube-apiserver-audit.log"),
 	}
 }
 

@@ -38,7 +38,7 @@ func (c *Cluster) Down(ctx context.Context) error {
 // stopOrder lists the components in the order Down stops them: first what
 // starts pods (the kubelet, so that it restarts nothing), then the pods
 // themselves through containerd, then the rest in reverse start order.
-var stopOrder = []string{"kubelet", "fake-gpu-plugin"}
+var stopOrder = []string{"kubelet", "fake-gpu-plugin", "local-volume-provisioner"}
 
 var stopOrderAfterPods = []string{"containerd", "containerd-cleanup", "kube-router", "kube-proxy", "kube-controller-manager", "kube-scheduler", "kube-apiserver", "etcd"}
 
@@ -101,7 +101,12 @@ func (c *Cluster) teardown(ctx context.Context, rec *Records) error {
 	if _, err := cleanupNFTables(ctx, rec.NFTables); err != nil {
 		errs = append(errs, err)
 	}
+	// Unmounting the volumes filesystem also wipes the fscrypt keys still in
+	// its keyring; then its loop device can go.
 	if _, err := unmountAll(c.cfg.WorkDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.detachLoops(ctx, rec); err != nil {
 		errs = append(errs, err)
 	}
 	if rec.CreatedBridge && linkExists(c.cfg.BridgeName) {
@@ -139,7 +144,7 @@ func (c *Cluster) teardown(ctx context.Context, rec *Records) error {
 	if err := os.Remove(c.p.Records); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing the records: %w", err)
 	}
-	c.logf("Torn down in %.1fs; verified: no process, mount, bridge, iptables chain or table, ipset, cgroup or host directory of the cluster is left, and the sysctls are restored", time.Since(began).Seconds())
+	c.logf("Torn down in %.1fs; verified: no process (the provisioner included), mount (the volumes filesystem included, so no volume key is left in the kernel), loop device, volume, bridge, iptables chain or table, ipset, cgroup or host directory of the cluster is left, and the sysctls are restored", time.Since(began).Seconds())
 	return nil
 }
 
@@ -261,6 +266,8 @@ func (c *Cluster) leftovers(ctx context.Context, rec *Records) []string {
 	if rec.CreatedBridge && linkExists(c.cfg.BridgeName) {
 		left = append(left, "bridge "+c.cfg.BridgeName)
 	}
+	left = append(left, leftoverLoops(ctx, rec)...)
+	left = append(left, c.cfg.volumeLeftovers()...)
 	if chains := leftoverChains(ctx, rec.Chains); len(chains) > 0 {
 		left = append(left, fmt.Sprintf("iptables chains %v", chains))
 	}

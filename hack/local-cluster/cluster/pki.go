@@ -51,6 +51,7 @@ func (c Config) certSpecs() []certSpec {
 		{Name: "kube-controller-manager", CommonName: "system:kube-controller-manager", Client: true},
 		{Name: "kube-proxy", CommonName: "system:kube-proxy", Client: true},
 		{Name: "kube-router", CommonName: KubeRouterUser, Client: true},
+		{Name: "local-volume-provisioner", CommonName: ProvisionerUser, Client: true},
 	}
 }
 

@@ -35,6 +35,9 @@ type Records struct {
 	// before the run and that the components create (e.g.
 	// /var/log/containers, /run/containerd).
 	CreatedDirs []string `json:"createdDirs"`
+	// LoopImages are image files the run attaches to loop devices (the
+	// volumes filesystem), recorded before they are attached.
+	LoopImages []string `json:"loopImages,omitempty"`
 	// Processes the run started, in start order.
 	Processes []ProcessRecord `json:"processes"`
 }

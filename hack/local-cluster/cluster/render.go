@@ -182,8 +182,12 @@ func (c Config) renderKubeletConfig() ([]byte, error) {
 			"imagefs.available": "1%",
 		},
 		SerializeImagePulls: ptr.To(false),
-		RotateCertificates:  false,
-		MaxPods:             110,
+		// Pods resolve through CoreDNS (the kube-dns Service); CoreDNS itself
+		// (dnsPolicy Default) gets ResolverConfig, where nothing answers.
+		ClusterDNS:         []string{c.ClusterDNS},
+		ClusterDomain:      ClusterDomain,
+		RotateCertificates: false,
+		MaxPods:            110,
 	}
 	out, err := yaml.Marshal(kc)
 	if err != nil {
@@ -222,11 +226,12 @@ func (c Config) renderKubeProxyConfig() ([]byte, error) {
 	return out, nil
 }
 
-// renderResolvConf gives pods a resolver on their own loopback, where nothing
-// listens: there is no cluster DNS, and a pod must never send a DNS query to
-// the host's upstream resolver, an address outside the machine.
+// renderResolvConf is the upstream resolver of pods with dnsPolicy Default
+// (CoreDNS among them): their own loopback, where nothing listens. A pod must
+// never send a DNS query to the host's upstream resolver, an address outside
+// the machine; pods with the default dnsPolicy ClusterFirst use CoreDNS.
 func renderResolvConf() []byte {
-	return []byte("# ModelGuard local cluster: no DNS; lookups fail fast inside the pod.\nnameserver 127.0.0.1\noptions ndots:1 timeout:1 attempts:1\n")
+	return []byte("# ModelGuard local cluster: no upstream DNS; lookups of outside names fail fast inside the pod.\nnameserver 127.0.0.1\noptions ndots:1 timeout:1 attempts:1\n")
 }
 
 func (c Config) etcdArgs() []string {
@@ -273,6 +278,13 @@ func (c Config) apiserverArgs() []string {
 		"--authorization-mode=Node,RBAC",
 		// ServiceAccount (pods get tokens) and PodSecurity are on by default.
 		"--enable-admission-plugins=NodeRestriction",
+		// Secrets are encrypted before they reach etcd.
+		"--encryption-provider-config=" + p.EncryptionConfig,
+		"--audit-policy-file=" + p.AuditPolicy,
+		"--audit-log-path=" + p.AuditLog,
+		"--audit-log-format=json",
+		"--audit-log-maxsize=100",
+		"--audit-log-maxbackup=1",
 		"--allow-privileged=false",
 		"--profiling=false",
 		"--v=0",

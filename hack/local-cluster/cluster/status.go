@@ -5,15 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
 // componentNames are the processes a running cluster has.
-var componentNames = []string{"etcd", "containerd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kube-proxy", "kubelet", "kube-router", "fake-gpu-plugin"}
+var componentNames = []string{"etcd", "containerd", "kube-apiserver", "kube-scheduler", "kube-controller-manager", "kube-proxy", "kubelet", "kube-router", "fake-gpu-plugin", "local-volume-provisioner"}
 
 // healthy reports whether the recorded cluster runs: every component alive
 // and the node Ready.
@@ -111,8 +115,59 @@ func (c *Cluster) Status(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "Networks:   pods %s on %s (gateway %s), Services %s, API server for pods at %s:443 -> %s:%d\n",
 		c.cfg.PodCIDR, c.cfg.BridgeName, c.cfg.BridgeIP, c.cfg.ServiceCIDR, c.cfg.APIServiceIP, c.cfg.BridgeIP, c.cfg.APIServerPort)
+	problems = append(problems, c.statusAddons(ctx, w, client)...)
 	if len(problems) > 0 {
 		return fmt.Errorf("the local cluster is not healthy: %s", strings.Join(problems, ", "))
 	}
 	return nil
+}
+
+// statusAddons writes the state of the parts a hardened cluster has beyond
+// the components: cluster DNS, dynamic volumes, Secrets at rest, the audit
+// log and Kueue.
+func (c *Cluster) statusAddons(ctx context.Context, w io.Writer, client *kubernetes.Clientset) []string {
+	var problems []string
+	dns := "ready"
+	if err := c.coreDNSReady(ctx, client); err != nil {
+		dns = err.Error()
+		problems = append(problems, "CoreDNS not ready")
+	}
+	fmt.Fprintf(w, "DNS:        CoreDNS %s (kube-system/coredns, %s) at the kube-dns Service %s, zone %s: %s\n",
+		images.CoreDNSVersion, images.CoreDNSRef, c.cfg.clusterDNSAddress(), ClusterDomain, dns)
+	var classes []string
+	if list, err := client.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{}); err == nil {
+		for _, sc := range list.Items {
+			desc := sc.Name
+			if sc.Annotations[EncryptedAnnotation] == "true" {
+				desc += " (fscrypt, a key per volume)"
+			}
+			classes = append(classes, desc)
+		}
+	}
+	sort.Strings(classes)
+	var volumes int
+	if entries, err := os.ReadDir(c.cfg.VolumesDir()); err == nil {
+		for _, e := range entries {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "pvc-") {
+				volumes++
+			}
+		}
+	}
+	fmt.Fprintf(w, "Storage:    StorageClasses %s by %s; %d volumes on %s (ext4 on a loop device of %s)\n",
+		strings.Join(classes, ", "), ProvisionerName, volumes, c.cfg.VolumesDir(), c.cfg.VolumesImage())
+	fmt.Fprintf(w, "Secrets:    encrypted in etcd with %s (key in %s)\n", SecretsEncryptionProvider, c.p.EncryptionConfig)
+	fmt.Fprintf(w, "Audit log:  %s (policy %s; Metadata level: exec/attach/port-forward/proxy, Secret reads, writes in workload namespaces)\n", c.p.AuditLog, c.p.AuditPolicy)
+	kueue := "not installed (`local-cluster kueue` installs it)"
+	if d, err := client.AppsV1().Deployments(KueueNamespace).Get(ctx, KueueDeployment, metav1.GetOptions{}); err == nil {
+		kueue = fmt.Sprintf("%s in %s, %d/%d replicas available, image %s", images.KueueVersion, KueueNamespace, d.Status.AvailableReplicas, ptrValue(d.Spec.Replicas), images.KueueRef)
+	}
+	fmt.Fprintf(w, "Kueue:      %s\n", kueue)
+	return problems
+}
+
+func ptrValue(p *int32) int32 {
+	if p == nil {
+		return 1
+	}
+	return *p
 }

@@ -61,6 +61,9 @@ var requiredTools = map[string]string{
 	"ipset":                         "ipset",
 	"conntrack":                     "conntrack",
 	"ip":                            "iproute2",
+	"mkfs.ext4":                     "e2fsprogs",
+	"losetup":                       "mount",
+	"mount":                         "mount",
 	DebianCNIBinDir + "/bridge":     "containernetworking-plugins",
 	DebianCNIBinDir + "/host-local": "containernetworking-plugins",
 	DebianCNIBinDir + "/portmap":    "containernetworking-plugins",
@@ -89,7 +92,7 @@ func (c *Cluster) checkHost() error {
 			missing = append(missing, c.cfg.bin(bin)+" (make cluster-binaries)")
 		}
 	}
-	for _, bin := range []string{c.cfg.KubeRouter, c.cfg.FakeGPUPlugin} {
+	for _, bin := range []string{c.cfg.KubeRouter, c.cfg.FakeGPUPlugin, c.cfg.Provisioner} {
 		if _, err := os.Stat(bin); err != nil {
 			missing = append(missing, bin+" (make cluster-binaries)")
 		}
@@ -312,7 +315,7 @@ func (c *Cluster) writeFiles() error {
 	if err := c.cfg.generatePKI(p.PKI); err != nil {
 		return err
 	}
-	for _, name := range []string{"admin", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy", "kube-router"} {
+	for _, name := range []string{"admin", "kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy", "kube-router", "local-volume-provisioner"} {
 		data, err := c.cfg.renderKubeconfig(name)
 		if err != nil {
 			return err
@@ -330,14 +333,21 @@ func (c *Cluster) writeFiles() error {
 		filepath.Join(p.Configs, "kubelet.yaml"):              c.cfg.renderKubeletConfig,
 		filepath.Join(p.Configs, "kube-proxy.yaml"):           c.cfg.renderKubeProxyConfig,
 		filepath.Join(p.CNIConfDir, "10-modelguard.conflist"): c.cfg.renderCNIConfig,
-		p.ResolvConf: func() ([]byte, error) { return renderResolvConf(), nil },
+		p.ResolvConf:       func() ([]byte, error) { return renderResolvConf(), nil },
+		p.AuditPolicy:      renderAuditPolicy,
+		p.EncryptionConfig: renderEncryptionConfig,
 	}
 	for path, render := range files {
 		data, err := render()
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(path, data, 0o644); err != nil {
+		// The encryption config holds a key: readable by root only.
+		mode := os.FileMode(0o644)
+		if path == p.EncryptionConfig {
+			mode = 0o600
+		}
+		if err := os.WriteFile(path, data, mode); err != nil {
 			return fmt.Errorf("writing %s: %w", path, err)
 		}
 	}
@@ -403,6 +413,9 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := c.createBridge(ctx); err != nil {
 		return err
 	}
+	if err := c.setupVolumes(ctx); err != nil {
+		return err
+	}
 	timeout := c.cfg.StartTimeout
 
 	etcd, err := c.start("etcd", c.cfg.bin("etcd"), c.cfg.etcdArgs()...)
@@ -440,6 +453,14 @@ func (c *Cluster) up(ctx context.Context) error {
 		return err
 	}
 	if err := c.grantKubeRouter(ctx, client); err != nil {
+		return err
+	}
+	// CoreDNS's pod waits in the scheduler until the node is Ready.
+	if err := c.createAddons(ctx, client); err != nil {
+		return err
+	}
+	provisioner, err := c.start("local-volume-provisioner", c.cfg.Provisioner, c.cfg.provisionerArgs()...)
+	if err != nil {
 		return err
 	}
 	scheduler, err := c.start("kube-scheduler", c.cfg.bin("kube-scheduler"), c.cfg.schedulerArgs()...)
@@ -497,6 +518,8 @@ func (c *Cluster) up(ctx context.Context) error {
 		{kubelet, func(ctx context.Context) error { return c.nodeReady(ctx, client) }},
 		{plugin, func(ctx context.Context) error { return c.gpusAdvertised(ctx, client) }},
 		{controllerManager, func(ctx context.Context) error { return c.serviceAccountsReady(ctx, client) }},
+		{provisioner, func(context.Context) error { return logSays(provisioner.Log, "Serving volumes") }},
+		{kubelet, func(ctx context.Context) error { return c.coreDNSReady(ctx, client) }},
 	}
 	for _, ch := range checks {
 		if err := c.waitFor(ctx, ch.proc, timeout, ch.check); err != nil {

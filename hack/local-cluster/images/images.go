@@ -231,13 +231,19 @@ const (
 	DemoServerTarball   = "demo-server.tar"
 	ModelGuardTarball   = "modelguard.tar"
 	FakeGPUPluginBinary = "fake-gpu-plugin"
+	CoreDNSTarball      = "coredns.tar"
+	// ProvisionerBinary is the local-volume-provisioner, a host process.
+	ProvisionerBinary = "local-volume-provisioner"
+	// KueueTarball is built and imported only on demand (`local-cluster
+	// kueue`), so Tarballs does not list it.
+	KueueTarball = "kueue.tar"
 )
 
-// Tarballs lists the tarballs the local cluster imports from dir: pause and
-// the demo server always (the cluster reports them missing), the ModelGuard
-// image when it was built.
+// Tarballs lists the tarballs the local cluster imports from dir: pause, the
+// demo server and CoreDNS always (the cluster reports them missing), the
+// ModelGuard image when it was built.
 func Tarballs(dir string) []string {
-	out := []string{filepath.Join(dir, PauseTarball), filepath.Join(dir, DemoServerTarball)}
+	out := []string{filepath.Join(dir, PauseTarball), filepath.Join(dir, DemoServerTarball), filepath.Join(dir, CoreDNSTarball)}
 	if mg := filepath.Join(dir, ModelGuardTarball); fileExists(mg) {
 		out = append(out, mg)
 	}
@@ -255,4 +261,15 @@ const (
 	PauseRef      = "modelguard.local/pause:1"
 	DemoServerRef = "modelguard.local/demo-server:dev"
 	ModelGuardRef = "modelguard.local/modelguard:dev"
+	// CoreDNSRef and KueueRef carry the upstream versions they are built
+	// from (hack/tools/cluster, hack/tools/kueue).
+	CoreDNSRef = "modelguard.local/coredns:" + CoreDNSVersion
+	KueueRef   = "modelguard.local/kueue:" + KueueVersion
+)
+
+// Versions of the add-ons, as pinned in the tools modules' go.mod files
+// (`make cluster-binaries` checks that they agree).
+const (
+	CoreDNSVersion = "v1.15.0"
+	KueueVersion   = "v0.17.0"
 )

@@ -16,6 +16,9 @@
 //	    Call the API server the way an in-cluster client does (the
 //	    KUBERNETES_SERVICE_HOST ClusterIP, the mounted token and CA) and print
 //	    the HTTP status.
+//	demo-server lookup [--wait 30s] NAME...
+//	    Resolve each NAME through the pod's resolver (cluster DNS) and print
+//	    "NAME IP,..." lines; exit 1 when one does not resolve in time.
 //	demo-server env NAME
 //	    Print an environment variable (the image has no shell).
 //	demo-server idle
@@ -37,6 +40,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -85,6 +89,8 @@ func main() {
 		err = fetch(args)
 	case "apicheck":
 		err = apicheck()
+	case "lookup":
+		err = lookup(args)
 	case "env":
 		if len(args) != 1 {
 			err = errors.New("usage: demo-server env NAME")
@@ -99,7 +105,7 @@ func main() {
 	case "idle":
 		idle()
 	default:
-		err = fmt.Errorf("unknown command %q (want serve, report, write, fetch, apicheck, env or idle)", cmd)
+		err = fmt.Errorf("unknown command %q (want serve, report, write, fetch, apicheck, lookup, env or idle)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo-server:", err)
@@ -241,6 +247,37 @@ func fetch(args []string) error {
 	os.Stdout.Write(body)
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("answer: %s", resp.Status)
+	}
+	return nil
+}
+
+// lookup resolves each name through the pod's resolver (cluster DNS),
+// retrying until --wait passes, and prints "NAME IP[,IP...]" lines.
+func lookup(args []string) error {
+	fl := flag.NewFlagSet("lookup", flag.ContinueOnError)
+	wait := fl.Duration("wait", 0, "keep retrying a name that does not resolve for this long")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if fl.NArg() == 0 {
+		return errors.New("usage: demo-server lookup [--wait 30s] NAME...")
+	}
+	deadline := time.Now().Add(*wait)
+	for _, name := range fl.Args() {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+			cancel()
+			if err == nil {
+				sort.Strings(addrs)
+				fmt.Printf("%s %s\n", name, strings.Join(addrs, ","))
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("cannot resolve %s: %w", name, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 	}
 	return nil
 }
