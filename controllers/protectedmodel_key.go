@@ -202,16 +202,18 @@ func terminated(statuses []corev1.ContainerStatus, name string) (message string,
 	return "", 0, false
 }
 
-// classifyUnsealError maps the unseal command's one-line reason to a
-// WeightsVerified reason.
+// classifyUnsealError maps a failed unseal's termination message to a
+// condition reason. The message is parsed by internal/seal, which wrote it,
+// so the classification lives with the errors it names.
 func classifyUnsealError(message string) string {
-	lower := strings.ToLower(message)
-	switch {
-	// "digest mismatch", not "digest": file paths in tamper messages may
-	// mention digests too.
-	case strings.Contains(lower, strings.ToLower(seal.ErrDigestMismatch.Error())):
+	report, err := seal.ParseReport(message)
+	if err != nil {
+		return mlv1alpha1.ReasonUnsealFailed
+	}
+	switch report.Reason {
+	case seal.ReasonDigestMismatch:
 		return mlv1alpha1.ReasonDigestMismatch
-	case strings.Contains(lower, "authentic"), strings.Contains(lower, "tamper"), strings.Contains(lower, "truncat"):
+	case seal.ReasonTampered:
 		return mlv1alpha1.ReasonBundleTampered
 	}
 	return mlv1alpha1.ReasonUnsealFailed
