@@ -11,6 +11,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/policy"
+	"github.com/modelguard/modelguard/internal/seal"
 )
 
 // The condition setters work on the conditions of either kind. Each is pure,
@@ -51,7 +52,7 @@ func setWeightsVerifiedCondition(conditions *[]metav1.Condition, gen int64, k ke
 		set(conditions, gen, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, k.BundleReason, k.BundleMessage)
 		return
 	}
-	verified := false
+	verified, format := false, 0
 	for i := range pods {
 		message, code, done := terminated(pods[i].Status.InitContainerStatuses, mlv1alpha1.ContainerUnseal)
 		if !done {
@@ -65,10 +66,18 @@ func setWeightsVerifiedCondition(conditions *[]metav1.Condition, gen int64, k ke
 			return
 		}
 		verified = true
+		if report, err := seal.ParseReport(message); err == nil && report.FormatVersion > 0 {
+			format = report.FormatVersion
+		}
 	}
 	if verified {
-		set(conditions, gen, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionTrue, mlv1alpha1.ReasonDigestVerified,
-			"every chunk authenticated and the model digest matched spec.weights.digest")
+		message := "every chunk authenticated and the model digest matched spec.weights.digest"
+		// A v1 bundle's key wrap is not bound to it: say so where platform
+		// teams look, so that they reseal (docs/sealed-format.md).
+		if format > 0 {
+			message += "; bundle " + seal.FormatDescription(format)
+		}
+		set(conditions, gen, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionTrue, mlv1alpha1.ReasonDigestVerified, message)
 		return
 	}
 	if c := meta.FindStatusCondition(*conditions, mlv1alpha1.ConditionWeightsVerified); c != nil &&

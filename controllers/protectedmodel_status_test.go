@@ -209,6 +209,20 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3")} }),
 		want: verified,
 	}, {
+		name: "unseal of a format v2 bundle",
+		obs: with(servingObservation(), func(o *observation) {
+			o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3 bytes=10 seconds=0.1 format=2")}
+		}),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionTrue, mlv1alpha1.ReasonDigestVerified,
+			verified.Message+"; bundle format v2"),
+	}, {
+		name: "unseal of a format v1 bundle names its unbound key wrap",
+		obs: with(servingObservation(), func(o *observation) {
+			o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3 bytes=10 seconds=0.1 format=1")}
+		}),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionTrue, mlv1alpha1.ReasonDigestVerified,
+			verified.Message+"; bundle format v1 (unbound key wrap)"),
+	}, {
 		name: "tamper message verbatim",
 		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage+"\n")} }),
 		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered,
