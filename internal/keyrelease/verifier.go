@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -161,8 +160,8 @@ func (v *ProtectedModelVerifier) verifyToken(ctx context.Context, claim Claim) (
 	if !slices.Contains(st.Audiences, Audience) {
 		return deny(Decision{}, mlv1alpha1.ReasonTokenRejected, fmt.Sprintf("%s: the token is not for audience %s", claim.Model, Audience)), nil, nil
 	}
-	namespace, account, err := serviceaccount.SplitUsername(st.User.Username)
-	if err != nil {
+	namespace, account, ok := serviceAccountOf(st.User.Username)
+	if !ok {
 		return deny(Decision{}, mlv1alpha1.ReasonTokenRejected,
 			fmt.Sprintf("%s: the token is not a ServiceAccount's (user %q)", claim.Model, st.User.Username)), nil, nil
 	}
@@ -195,6 +194,20 @@ func (v *ProtectedModelVerifier) verifyToken(ctx context.Context, claim Claim) (
 			fmt.Sprintf("pod %s runs as ServiceAccount %s, not the token's %s (%s)", d.Pod, pod.Spec.ServiceAccountName, account, claim.Model)), nil, nil
 	}
 	return d, pod, nil
+}
+
+// serviceAccountOf splits a ServiceAccount's user name,
+// "system:serviceaccount:<namespace>:<name>".
+func serviceAccountOf(username string) (namespace, name string, ok bool) {
+	rest, ok := strings.CutPrefix(username, "system:serviceaccount:")
+	if !ok {
+		return "", "", false
+	}
+	namespace, name, ok = strings.Cut(rest, ":")
+	if !ok || namespace == "" || name == "" || strings.Contains(name, ":") {
+		return "", "", false
+	}
+	return namespace, name, true
 }
 
 // ownerChain checks, by UID, that the pod's controller is a ReplicaSet whose
@@ -233,7 +246,7 @@ func (v *ProtectedModelVerifier) ownerChain(ctx context.Context, pod *corev1.Pod
 		return broken("its ReplicaSet %s names Deployment UID %s, not the model's Deployment %s (%s)", rs.Name, deployRef.UID, deployment.Name, deployment.UID)
 	}
 	modelRef := metav1.GetControllerOf(deployment)
-	if modelRef == nil || modelRef.UID != pm.UID || modelRef.Kind != KindProtectedModel {
+	if modelRef == nil || modelRef.UID != pm.UID || modelRef.Kind != KindProtectedModel || modelRef.APIVersion != mlv1alpha1.GroupVersion.String() {
 		return broken("Deployment %s is not controlled by the model (UID %s)", deployment.Name, pm.UID)
 	}
 	return "", "", nil

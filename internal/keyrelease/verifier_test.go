@@ -58,3 +58,23 @@ func TestReleaseLedger(t *testing.T) {
 		t.Errorf("claims (-want +got):\n%s", diff)
 	}
 }
+
+func TestServiceAccountOf(t *testing.T) {
+	tests := []struct {
+		username, wantNamespace, wantName string
+		wantOK                            bool
+	}{
+		{"system:serviceaccount:team-a:m", "team-a", "m", true},
+		{"system:serviceaccount:team-a", "", "", false},
+		{"system:serviceaccount::m", "", "", false},
+		{"system:serviceaccount:team-a:m:extra", "", "", false},
+		{"alice", "", "", false},
+		{"system:node:worker-1", "", "", false},
+	}
+	for _, tc := range tests {
+		ns, name, ok := serviceAccountOf(tc.username)
+		if diff := cmp.Diff([]any{tc.wantNamespace, tc.wantName, tc.wantOK}, []any{ns, name, ok}); diff != "" {
+			t.Errorf("serviceAccountOf(%q) (-want +got):\n%s", tc.username, diff)
+		}
+	}
+}
