@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
@@ -496,7 +497,9 @@ func TestKeyReleaseServerWithTheVerifier(t *testing.T) {
 		})
 	})
 	var outcomes []keyrelease.Outcome
+	serverLog := &syncBuffer{}
 	server, err := keyrelease.NewServer(keyrelease.ServerOptions{Verifier: f.verifier, Keys: keysOfModelKeys,
+		Log: zap.New(zap.WriteTo(serverLog), zap.UseDevMode(true)),
 		OnOutcome: func(_ context.Context, o keyrelease.Outcome) { outcomes = append(outcomes, o) }})
 	if err != nil {
 		t.Fatal(err)
@@ -535,6 +538,25 @@ func TestKeyReleaseServerWithTheVerifier(t *testing.T) {
 	}
 	if len(outcomes) != 2 || outcomes[0].Reason != mlv1alpha1.ReasonKeyReleased || outcomes[0].Pod.Name != pod.Name {
 		t.Errorf("outcomes: %+v", outcomes)
+	}
+	// Neither key nor token in what the server logged, what it reported
+	// (the future Events), or the manager's logs.
+	reported, err := json.Marshal(outcomes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string][]string{"KEK": secretForms(f.key.KEK), "DEK": secretForms(f.key.DEK), "token": {string(tok)}}
+	for where, text := range map[string]string{"server log": serverLog.String(), "outcomes": string(reported), "manager logs": logs.String()} {
+		if !strings.Contains(text, pod.Name) && where != "manager logs" {
+			t.Errorf("the %s do not name pod %s; the scan would prove nothing", where, pod.Name)
+		}
+		for what, forms := range secrets {
+			for _, form := range forms {
+				if strings.Contains(text, form) {
+					t.Errorf("the %s contain the %s (a %d-character form)", where, what, len(form))
+				}
+			}
+		}
 	}
 }
 
