@@ -499,7 +499,7 @@ func TestKeyReleaseServerWithTheVerifier(t *testing.T) {
 	var outcomes []keyrelease.Outcome
 	serverLog := &syncBuffer{}
 	server, err := keyrelease.NewServer(keyrelease.ServerOptions{Verifier: f.verifier, Keys: keysOfModelKeys,
-		Log: zap.New(zap.WriteTo(serverLog), zap.UseDevMode(true)),
+		Log:       zap.New(zap.WriteTo(serverLog), zap.UseDevMode(true)),
 		OnOutcome: func(_ context.Context, o keyrelease.Outcome) { outcomes = append(outcomes, o) }})
 	if err != nil {
 		t.Fatal(err)
