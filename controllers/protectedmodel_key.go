@@ -109,11 +109,19 @@ func (r *ProtectedModelReconciler) keyProvider(ctx context.Context, pm *mlv1alph
 // getSecret reads a key Secret through the uncached reader, so that the
 // manager never watches or caches Secrets it does not own.
 func (r *ProtectedModelReconciler) getSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-	secret := &corev1.Secret{}
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
-		return nil, err
+	return uncachedSecrets(r.APIReader)(ctx, namespace, name)
+}
+
+// uncachedSecrets reads Secrets through reader, the manager's uncached API
+// reader, so that key Secrets are never watched or cached.
+func uncachedSecrets(reader client.Reader) keys.SecretGetter {
+	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+		secret := &corev1.Secret{}
+		if err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
+			return nil, err
+		}
+		return secret, nil
 	}
-	return secret, nil
 }
 
 // manifestKey returns the bundle's key record, starting the key-resolve Job

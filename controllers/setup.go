@@ -23,6 +23,10 @@ type Options struct {
 	// DefaultGPUTolerations are added to every pod that asks for a GPU, e.g.
 	// for a cluster whose GPU nodes carry a taint of its own.
 	DefaultGPUTolerations []corev1.Toleration
+	// OperatorNamespace is the operator's own namespace, where the Secrets
+	// that ModelKeys name live. Empty makes every secret ModelKey not Ready
+	// (fail closed).
+	OperatorNamespace string
 }
 
 // +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
@@ -43,6 +47,15 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	}
 	if err := pm.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the ProtectedModel controller: %w", err)
+	}
+	mk := &ModelKeyReconciler{
+		Client:            mgr.GetClient(),
+		APIReader:         mgr.GetAPIReader(),
+		Recorder:          mgr.GetEventRecorder("modelguard"),
+		OperatorNamespace: opts.OperatorNamespace,
+	}
+	if err := mk.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the ModelKey controller: %w", err)
 	}
 	return nil
 }

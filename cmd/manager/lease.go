@@ -59,6 +59,9 @@ func deleteReleasedLease(ctx context.Context, leases coordinationv1client.LeaseI
 const (
 	podNameEnv = "POD_NAME"
 	podUIDEnv  = "POD_UID"
+	// podNamespaceEnv is the manager's namespace, where ModelKey Secrets
+	// live.
+	podNamespaceEnv = "POD_NAMESPACE"
 )
 
 // leaseOwnerRunnable makes the leader's pod the owner of the leader-election

@@ -47,6 +47,7 @@ type options struct {
 	enableLeaderElection bool
 	leaderElectionNS     string
 	unsealImage          string
+	operatorNamespace    string
 	watchNamespaces      map[string]cache.Config
 	gpuTolerations       []corev1.Toleration
 	showVersion          bool
@@ -71,6 +72,8 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 		"Namespace of the leader-election Lease; defaults to the manager's own namespace.")
 	fs.StringVar(&o.unsealImage, "unseal-image", "modelguard:"+version.Version,
 		"Image that runs `modelguard unseal` in protected pods: the ModelGuard image, which holds both binaries.")
+	fs.StringVar(&o.operatorNamespace, "operator-namespace", os.Getenv(podNamespaceEnv),
+		"The operator's own namespace, the only one whose Secrets a ModelKey's spec.provider.secret can name; defaults to $"+podNamespaceEnv+" (downward API), then the in-cluster ServiceAccount namespace.")
 	fs.StringVar(&watchNamespaces, "watch-namespaces", "",
 		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
 	fs.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
@@ -82,6 +85,9 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 		return o, err
 	}
 	var err error
+	if o.operatorNamespace == "" {
+		o.operatorNamespace = leaseNamespace("")
+	}
 	if o.watchNamespaces, err = parseNamespaces(watchNamespaces); err != nil {
 		return o, fmt.Errorf("--watch-namespaces: %w", err)
 	}
@@ -164,6 +170,7 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
 		UnsealImage:           o.unsealImage,
 		DefaultGPUTolerations: o.gpuTolerations,
+		OperatorNamespace:     o.operatorNamespace,
 	}); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
 	}

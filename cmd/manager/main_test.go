@@ -14,6 +14,7 @@ func TestParseOptions(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
+		env     map[string]string
 		want    func(*options)
 		wantErr string
 	}{{
@@ -30,6 +31,15 @@ func TestParseOptions(t *testing.T) {
 			o.gpuTolerations = []corev1.Toleration{{Key: "gpu-pool", Operator: corev1.TolerationOpExists}}
 		},
 	}, {
+		name: "operator namespace from the downward API",
+		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) { o.operatorNamespace = "modelguard-system" },
+	}, {
+		name: "operator namespace flag wins",
+		args: []string{"--operator-namespace=mg-ops"},
+		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) { o.operatorNamespace = "mg-ops" },
+	}, {
 		name:    "bad tolerations name the flag",
 		args:    []string{"--default-gpu-tolerations=not json"},
 		wantErr: "--default-gpu-tolerations",
@@ -40,6 +50,9 @@ func TestParseOptions(t *testing.T) {
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
 			fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
 			got, err := parseOptions(fs, tc.args)

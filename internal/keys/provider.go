@@ -38,28 +38,53 @@ func ProviderFor(ctx context.Context, src mlv1alpha1.KeySource, namespace, field
 		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
 			Message: fmt.Sprintf("key provider %s is not supported by this operator version; use %s.secretRef", src.Provider(), field)}
 	}
-	secret, err := getSecret(ctx, namespace, ref.Name)
+	return secretKEK(ctx, namespace, ref.Name, ref.Key, field+".secretRef", getSecret)
+}
+
+// ModelKeyProvider loads the key-encryption key that a ModelKey names. A
+// secret provider's Secret is read in operatorNamespace, the operator's own
+// namespace, never a tenant's: the spec has no namespace field. The KMS and
+// Vault providers are not built yet and fail closed with
+// ReasonKeyProviderUnavailable. Errors are *ProviderError and name the
+// ModelKey, the Secret and the field, never key bytes.
+func ModelKeyProvider(ctx context.Context, mk *mlv1alpha1.ModelKey, operatorNamespace string, getSecret SecretGetter) (Provider, error) {
+	p := mk.Spec.Provider
+	if p.Secret == nil {
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			Message: fmt.Sprintf("ModelKey %s: key provider %q is not supported by this operator version yet; use spec.provider.secret", mk.Name, p.Kind())}
+	}
+	if operatorNamespace == "" {
+		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
+			Message: fmt.Sprintf("ModelKey %s: the operator does not know its own namespace (POD_NAMESPACE), so it cannot read Secret %s", mk.Name, p.Secret.Name)}
+	}
+	return secretKEK(ctx, operatorNamespace, p.Secret.Name, p.Secret.Key, "spec.provider.secret", getSecret)
+}
+
+// secretKEK reads the KEK in entry key of Secret namespace/name; field is the
+// spec field that names the Secret, for the messages.
+func secretKEK(ctx context.Context, namespace, name, key, field string, getSecret SecretGetter) (Provider, error) {
+	secret, err := getSecret(ctx, namespace, name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeySecretNotFound,
-			Message: fmt.Sprintf("Secret %s named by %s.secretRef does not exist", ref.Name, field)}
+			Message: fmt.Sprintf("Secret %s named by %s does not exist", name, field)}
 	case err != nil:
 		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
-			Message: fmt.Sprintf("reading Secret %s: %s", ref.Name, apiErrorSummary(err))}
+			Message: fmt.Sprintf("reading Secret %s: %s", name, apiErrorSummary(err))}
 	}
 	defer func() {
 		for _, v := range secret.Data {
 			clear(v)
 		}
 	}()
-	if _, ok := secret.Data[ref.Key]; !ok {
+	if _, ok := secret.Data[key]; !ok {
 		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyNotInSecret,
-			Message: fmt.Sprintf("Secret %s has no key %q named by %s.secretRef.key", ref.Name, ref.Key, field)}
+			Message: fmt.Sprintf("Secret %s has no key %q named by %s.key", name, key, field)}
 	}
-	kek, err := KEKFromSecret(secret, ref.Key)
+	kek, err := KEKFromSecret(secret, key)
 	if err != nil {
 		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyUnwrapFailed,
-			Message: fmt.Sprintf("Secret %s key %q: %s", ref.Name, ref.Key, err.Error())}
+			Message: fmt.Sprintf("Secret %s key %q: %s", name, key, err.Error())}
 	}
 	return kek, nil
 }

@@ -197,6 +197,8 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"RoleBinding team-a/modelguard-manager-rolebinding",
 				"Role team-b/modelguard-manager-role",
 				"RoleBinding team-b/modelguard-manager-rolebinding",
+				"ClusterRole modelguard-manager-cluster-role",
+				"ClusterRoleBinding modelguard-manager-cluster-rolebinding",
 				"Role mg-all/modelguard-leader-election-role",
 				"RoleBinding mg-all/modelguard-leader-election-rolebinding",
 				"ClusterRole modelguard-metrics-auth-role",

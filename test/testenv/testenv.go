@@ -102,5 +102,13 @@ func (e *Env) Kubeconfig(dir string) (string, error) {
 	return path, nil
 }
 
+// ServiceAccountSigningKeyFile is the PEM private key with which the API
+// server signs ServiceAccount tokens, for tests that need a token the real
+// API server would have issued but cannot be asked for (e.g. one that has
+// already expired: TokenRequest refuses expirations under 10 minutes).
+func (e *Env) ServiceAccountSigningKeyFile() string {
+	return filepath.Join(e.env.ControlPlane.APIServer.CertDir, "sa-signer.key")
+}
+
 // Stop stops the control plane and removes its temporary directories.
 func (e *Env) Stop() error { return e.env.Stop() }

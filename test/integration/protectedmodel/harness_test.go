@@ -36,6 +36,10 @@ import (
 
 const unsealImage = "modelguard:integration"
 
+// operatorNamespace is the manager's own namespace, where the Secrets that
+// ModelKeys name live.
+const operatorNamespace = "modelguard-system"
+
 var (
 	env *testenv.Env
 	// k8s is an uncached client for the tests; the manager has its own.
@@ -53,6 +57,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	k8s = env.Client
+	if err := k8s.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}}); err != nil {
+		fmt.Fprintln(os.Stderr, "protectedmodel: creating the operator namespace:", err)
+		_ = env.Stop()
+		os.Exit(1)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done, err := startManager(ctx)
 	if err != nil {
@@ -86,7 +95,7 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage, OperatorNamespace: operatorNamespace}); err != nil {
 		return nil, err
 	}
 	done := make(chan struct{})
