@@ -115,6 +115,20 @@ func apply[Obj client.Object, AC runtime.ApplyConfiguration](ctx context.Context
 // sidecar, volume or env var) in place. live itself is left as observed.
 func removeStrayFields(ctx context.Context, c client.Client, live client.Object, desired any) (bool, error) {
 	key := client.ObjectKeyFromObject(live)
+	var foreign []metav1.ManagedFieldsEntry
+	for _, entry := range live.GetManagedFields() {
+		// Only ModelGuard's own applied set is exempt: an update under its
+		// manager name is someone else's edit all the same.
+		ours := entry.Manager == mlv1alpha1.FieldManager && entry.Operation == metav1.ManagedFieldsOperationApply
+		if !ours && entry.Subresource == "" && entry.FieldsV1 != nil {
+			foreign = append(foreign, entry)
+		}
+	}
+	// Most children have no other manager: skip the conversions, which
+	// would otherwise run for every child on every reconcile.
+	if len(foreign) == 0 {
+		return false, nil
+	}
 	object, err := runtime.DefaultUnstructuredConverter.ToUnstructured(live)
 	if err != nil {
 		return false, fmt.Errorf("converting %T %s: %w", live, key, err)
@@ -124,13 +138,7 @@ func removeStrayFields(ctx context.Context, c client.Client, live client.Object,
 		return false, fmt.Errorf("converting the desired %T %s: %w", live, key, err)
 	}
 	var removed []string
-	for _, entry := range live.GetManagedFields() {
-		// Only ModelGuard's own applied set is exempt: an update under its
-		// manager name is someone else's edit all the same.
-		ours := entry.Manager == mlv1alpha1.FieldManager && entry.Operation == metav1.ManagedFieldsOperationApply
-		if ours || entry.Subresource != "" || entry.FieldsV1 == nil {
-			continue
-		}
+	for _, entry := range foreign {
 		var owned map[string]any
 		if err := json.Unmarshal(entry.FieldsV1.Raw, &owned); err != nil {
 			return false, fmt.Errorf("reading the fields %s owns in %T %s: %w", entry.Manager, live, key, err)
