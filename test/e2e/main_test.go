@@ -31,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
+	"github.com/modelguard/modelguard/hack/local-cluster/cluster"
 	"github.com/modelguard/modelguard/hack/local-cluster/images"
 )
 
@@ -130,18 +131,11 @@ func dumpNamespace(t *testing.T, ns string) {
 // "restricted", running the demo server image.
 func restrictedContainer(name string, args ...string) corev1.Container {
 	return corev1.Container{
-		Name:            name,
-		Image:           images.DemoServerRef,
-		ImagePullPolicy: corev1.PullNever,
-		Args:            args,
-		SecurityContext: &corev1.SecurityContext{
-			AllowPrivilegeEscalation: ptr.To(false),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			RunAsNonRoot:             ptr.To(true),
-			RunAsUser:                ptr.To[int64](images.NonRootUID),
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		Name:                     name,
+		Image:                    images.DemoServerRef,
+		ImagePullPolicy:          corev1.PullNever,
+		Args:                     args,
+		SecurityContext:          cluster.RestrictedSecurityContext(),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 }

@@ -110,17 +110,10 @@ func (c Config) coreDNSObjects() (*corev1.ServiceAccount, *rbacv1.ClusterRole, *
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("170Mi")},
 		},
-		VolumeMounts:   []corev1.VolumeMount{{Name: "config", MountPath: "/etc/coredns", ReadOnly: true}},
-		ReadinessProbe: probe("/ready", 8181),
-		LivenessProbe:  probe("/health", 8080),
-		SecurityContext: &corev1.SecurityContext{
-			AllowPrivilegeEscalation: ptr.To(false),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			RunAsNonRoot:             ptr.To(true),
-			RunAsUser:                ptr.To[int64](images.NonRootUID),
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		VolumeMounts:    []corev1.VolumeMount{{Name: "config", MountPath: "/etc/coredns", ReadOnly: true}},
+		ReadinessProbe:  probe("/ready", 8181),
+		LivenessProbe:   probe("/health", 8080),
+		SecurityContext: RestrictedSecurityContext(),
 	}
 	deploy := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
@@ -264,4 +257,18 @@ func (c *Cluster) coreDNSReady(ctx context.Context, client *kubernetes.Clientset
 // clusterDNSAddress is the kube-dns Service's address for status output.
 func (c Config) clusterDNSAddress() string {
 	return c.ClusterDNS + ":" + strconv.Itoa(53)
+}
+
+// RestrictedSecurityContext is a container security context that passes Pod
+// Security "restricted", as the images' non-root user. The add-ons and the
+// e2e tests' pods share it.
+func RestrictedSecurityContext() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		RunAsNonRoot:             ptr.To(true),
+		RunAsUser:                ptr.To[int64](images.NonRootUID),
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
 }
