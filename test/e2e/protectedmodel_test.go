@@ -28,6 +28,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -91,6 +93,30 @@ func modelClient(t *testing.T) crclient.Client {
 		t.Fatalf("building a client for the ModelGuard API: %v", crErr)
 	}
 	return crClient
+}
+
+// tenantClient is a client acting as a tenant: a user bound to the built-in
+// ClusterRole role ("edit" or "admin") in namespace ns, and nothing else, by
+// impersonation, the way the threat model's tenant reaches the API.
+func tenantClient(t *testing.T, ns, role string) crclient.Client {
+	t.Helper()
+	ctx := context.Background()
+	user := "tenant-" + role + "@modelguard.test"
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "tenant-" + role, Namespace: ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	if err := modelClient(t).Create(ctx, binding); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("binding %s to %s in %s: %v", user, role, ns, err)
+	}
+	cfg := restConfig(t)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	c, err := crclient.New(cfg, crclient.Options{Scheme: modelClient(t).Scheme()})
+	if err != nil {
+		t.Fatalf("building a client for %s: %v", user, err)
+	}
+	return c
 }
 
 // modelEnv is a small model, sealed once with the real `modelguard seal`
@@ -644,16 +670,17 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 	// False and names it.
 	t.Run("TenantSidecarRemoved", func(t *testing.T) {
 		c := modelClient(t)
+		tenant := tenantClient(t, ns, "edit")
 		key := crclient.ObjectKey{Namespace: ns, Name: pm.Name}
 		sidecar := restrictedContainer("sidecar", "idle")
 		sidecar.VolumeMounts = append(sidecar.VolumeMounts, corev1.VolumeMount{Name: "model", MountPath: "/stolen", ReadOnly: true})
 		err := eventually(30*time.Second, func() error {
 			d := &appsv1.Deployment{}
-			if err := c.Get(ctx, key, d); err != nil {
+			if err := tenant.Get(ctx, key, d); err != nil {
 				return err
 			}
 			d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, sidecar)
-			return c.Update(ctx, d, crclient.FieldOwner("kubectl-edit"))
+			return tenant.Update(ctx, d, crclient.FieldOwner("kubectl-edit"))
 		})
 		if err != nil {
 			t.Fatalf("adding the sidecar as a tenant would: %v", err)
