@@ -14,26 +14,6 @@ import (
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
-func TestKeySourceProvider(t *testing.T) {
-	cases := []struct {
-		name string
-		key  mlv1alpha1.KeySource
-		want string
-	}{
-		{"secret", mlv1alpha1.KeySource{SecretRef: &mlv1alpha1.SecretKeyRef{Name: "kek", Key: "kek"}}, mlv1alpha1.KeyProviderSecret},
-		{"aws kms", mlv1alpha1.KeySource{AWSKMS: &mlv1alpha1.AWSKMSKey{KeyID: "alias/models"}}, mlv1alpha1.KeyProviderAWSKMS},
-		{"vault transit", mlv1alpha1.KeySource{VaultTransit: &mlv1alpha1.VaultTransitKey{Address: "https://vault"}}, mlv1alpha1.KeyProviderVaultTransit},
-		{"none", mlv1alpha1.KeySource{}, ""},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.key.Provider(); got != tc.want {
-				t.Errorf("Provider() = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
 func TestModelKeyProviderKind(t *testing.T) {
 	cases := []struct {
 		name     string
@@ -51,16 +31,6 @@ func TestModelKeyProviderKind(t *testing.T) {
 				t.Errorf("Kind() = %q, want %q", got, tc.want)
 			}
 		})
-	}
-	// The status values match what ProtectionSummary.keyProvider shows.
-	for _, pair := range [][2]string{
-		{string(mlv1alpha1.ModelKeyProviderSecret), mlv1alpha1.KeyProviderSecret},
-		{string(mlv1alpha1.ModelKeyProviderAWSKMS), mlv1alpha1.KeyProviderAWSKMS},
-		{string(mlv1alpha1.ModelKeyProviderVaultTransit), mlv1alpha1.KeyProviderVaultTransit},
-	} {
-		if pair[0] != pair[1] {
-			t.Errorf("ModelKey provider kind %q differs from the key provider name %q", pair[0], pair[1])
-		}
 	}
 }
 

@@ -275,3 +275,27 @@ const (
 	// API server did not answer the TokenReview; the pod retries.
 	ReasonVerifierUnavailable = "VerifierUnavailable"
 )
+
+// AWSKMSKey is a key in AWS Key Management Service.
+type AWSKMSKey struct {
+	// keyId identifies the KMS key: a key ID, key ARN, alias name
+	// ("alias/models") or alias ARN.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=2048
+	KeyID string `json:"keyId"`
+
+	// region is the AWS region, e.g. "eu-west-1". Unset means the region in
+	// the key ARN, or the operator's default region.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[a-z]{2}(-[a-z]+)+-[0-9]+$')`,message="awsKms.region must be an AWS region, e.g. eu-west-1"
+	Region string `json:"region,omitempty"`
+
+	// endpoint overrides the KMS endpoint, e.g. for a VPC endpoint. It must
+	// be https, since the unwrapped data key travels back over it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != ''",message="awsKms.endpoint must be an https URL, e.g. https://kms.eu-west-1.amazonaws.com"
+	Endpoint string `json:"endpoint,omitempty"`
+}

@@ -249,10 +249,12 @@ type SealedWeights struct {
 	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^sha256:[a-f0-9]{64}$')`,message="weights.digest must be sha256: followed by 64 lowercase hex digits, as printed by modelguard seal"
 	Digest string `json:"digest"`
 
-	// key is the key-encryption key that unwraps the bundle's data key:
-	// exactly one of secretRef, awsKms or vaultTransit.
+	// key names the ModelKey whose key-encryption key wrapped the bundle's
+	// data key. The KEK never leaves the operator or the KMS, and the data
+	// key is never stored in the cluster: the operator releases it only to
+	// the verified unseal container of this model's own pods.
 	// +required
-	Key KeySource `json:"key"`
+	Key ModelKeyReference `json:"key"`
 
 	// memory is the size of the memory-backed volume that holds the
 	// decrypted weights, e.g. "16Gi". Plaintext never touches disk, so it must
@@ -308,98 +310,16 @@ type HTTPSource struct {
 	URL string `json:"url"`
 }
 
-// KeySource names the key-encryption key (KEK) that unwraps a bundle's data
-// key. Set exactly one field. The KEK itself never reaches a pod: the
-// operator unwraps the data key and hands only that to the unseal container.
-// +kubebuilder:validation:XValidation:rule="(has(self.secretRef) ? 1 : 0) + (has(self.awsKms) ? 1 : 0) + (has(self.vaultTransit) ? 1 : 0) == 1",message="key must set exactly one of secretRef, awsKms or vaultTransit"
-type KeySource struct {
-	// secretRef reads a 256-bit KEK from a key of a Secret in the same
-	// namespace.
-	// +optional
-	SecretRef *SecretKeyRef `json:"secretRef,omitempty"`
-
-	// awsKms unwraps the data key with an AWS KMS key.
-	// +optional
-	AWSKMS *AWSKMSKey `json:"awsKms,omitempty"`
-
-	// vaultTransit unwraps the data key with a HashiCorp Vault transit key.
-	// +optional
-	VaultTransit *VaultTransitKey `json:"vaultTransit,omitempty"`
-}
-
-// SecretKeyRef selects a key of a Secret in the same namespace.
-type SecretKeyRef struct {
-	// name is the Secret's name.
+// ModelKeyReference names a cluster-scoped ModelKey. Its
+// spec.namespaceSelector must select the namespace of the object that refers
+// to it (reason KeyNotPermitted otherwise).
+type ModelKeyReference struct {
+	// modelKey is the name of the ModelKey, e.g. "models-prod".
 	// +required
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')`,message="secretRef.name must be a lowercase RFC 1123 subdomain (lowercase letters, digits, '-' and '.'), e.g. model-kek"
-	Name string `json:"name"`
-
-	// key is the key within the Secret's data that holds the KEK.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
-	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[-._a-zA-Z0-9]+$')`,message="secretRef.key must be a Secret data key (letters, digits, '-', '_' and '.'), e.g. kek"
-	Key string `json:"key"`
-}
-
-// AWSKMSKey is a key in AWS Key Management Service.
-type AWSKMSKey struct {
-	// keyId identifies the KMS key: a key ID, key ARN, alias name
-	// ("alias/models") or alias ARN.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=2048
-	KeyID string `json:"keyId"`
-
-	// region is the AWS region, e.g. "eu-west-1". Unset means the region in
-	// the key ARN, or the operator's default region.
-	// +optional
-	// +kubebuilder:validation:MaxLength=32
-	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[a-z]{2}(-[a-z]+)+-[0-9]+$')`,message="awsKms.region must be an AWS region, e.g. eu-west-1"
-	Region string `json:"region,omitempty"`
-
-	// endpoint overrides the KMS endpoint, e.g. for a VPC endpoint. It must
-	// be https, since the unwrapped data key travels back over it.
-	// +optional
-	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != ''",message="awsKms.endpoint must be an https URL, e.g. https://kms.eu-west-1.amazonaws.com"
-	Endpoint string `json:"endpoint,omitempty"`
-}
-
-// VaultTransitKey is a key in a HashiCorp Vault transit secrets engine. The
-// operator logs in with Vault's Kubernetes auth method.
-type VaultTransitKey struct {
-	// address is Vault's https address, e.g. "https://vault.example.com:8200".
-	// It must be https, since the unwrapped data key travels back over it.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != ''",message="vaultTransit.address must be an https URL, e.g. https://vault.example.com:8200"
-	Address string `json:"address"`
-
-	// keyName is the name of the transit key.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=256
-	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[A-Za-z0-9][-A-Za-z0-9_.]*$')`,message="vaultTransit.keyName must start with a letter or digit and contain only letters, digits, '-', '_' and '.'"
-	KeyName string `json:"keyName"`
-
-	// role is the Vault Kubernetes-auth role the operator logs in as.
-	// +required
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=256
-	Role string `json:"role"`
-
-	// mountPath is where the transit engine is mounted. It defaults to
-	// "transit".
-	// +optional
-	// +kubebuilder:default=transit
-	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=256
-	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[A-Za-z0-9][-A-Za-z0-9_./]*$')`,message="vaultTransit.mountPath must be a Vault mount path without a leading '/', e.g. transit"
-	MountPath string `json:"mountPath,omitempty"`
+	// +kubebuilder:validation:XValidation:rule=`self.matches(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')`,message="key.modelKey must be a ModelKey name: a lowercase RFC 1123 subdomain (lowercase letters, digits, '-' and '.'), e.g. models-prod"
+	ModelKey string `json:"modelKey"`
 }
 
 // ProtectionSummary tells a person, at a glance, how a workload is protected.

@@ -183,10 +183,11 @@ type TrainingOutput struct {
 
 // SealSpec says how to seal weights.
 type SealSpec struct {
-	// key is the key-encryption key that wraps the sealed output's data key:
-	// exactly one of secretRef, awsKms or vaultTransit.
+	// key names the ModelKey that wraps the sealed output's data key. The
+	// sealing pod sends a fresh data key to the operator's key-release
+	// service and gets it back wrapped; the KEK never reaches the pod.
 	// +required
-	Key KeySource `json:"key"`
+	Key ModelKeyReference `json:"key"`
 }
 
 // TrainingJobStatus is the observed state of a TrainingJob.

@@ -6,28 +6,55 @@ import (
 	"strings"
 )
 
-// Key providers, as reported in status.protection.keyProvider.
+// Key providers, as reported in status.protection.keyProvider: the kind of
+// the ModelKey's provider.
 const (
-	// KeyProviderSecret is a KEK in a Kubernetes Secret (key.secretRef).
-	KeyProviderSecret = "Secret"
-	// KeyProviderAWSKMS is a KEK in AWS KMS (key.awsKms).
-	KeyProviderAWSKMS = "AWSKMS"
-	// KeyProviderVaultTransit is a KEK in Vault transit (key.vaultTransit).
-	KeyProviderVaultTransit = "VaultTransit"
+	// KeyProviderSecret is a KEK in a Secret of the operator's namespace.
+	KeyProviderSecret = string(ModelKeyProviderSecret)
+	// KeyProviderAWSKMS is a KEK in AWS KMS.
+	KeyProviderAWSKMS = string(ModelKeyProviderAWSKMS)
+	// KeyProviderVaultTransit is a KEK in Vault transit.
+	KeyProviderVaultTransit = string(ModelKeyProviderVaultTransit)
 )
 
-// Provider names the key provider that k selects, or "" when it selects none.
-// The API server guarantees exactly one for stored objects.
-func (k KeySource) Provider() string {
-	switch {
-	case k.SecretRef != nil:
-		return KeyProviderSecret
-	case k.AWSKMS != nil:
-		return KeyProviderAWSKMS
-	case k.VaultTransit != nil:
-		return KeyProviderVaultTransit
+// Key release: how the unseal init container of a protected pod reaches the
+// operator's key-release service. The builders write these into the pod
+// spec and `modelguard unseal --key-release` reads them, so that both sides
+// share one list of names.
+const (
+	// KeyReleaseAudience is the audience of the projected ServiceAccount
+	// token that only the unseal container mounts.
+	KeyReleaseAudience = "modelguard-key-release"
+	// KeyReleaseTokenVolume is the projected token's volume, mounted at
+	// KeyReleaseTokenDir in the unseal container alone.
+	KeyReleaseTokenVolume = "key-release-token"
+	KeyReleaseTokenDir    = "/var/run/modelguard/key-release"
+	KeyReleaseTokenFile   = "token"
+	// KeyReleaseTokenSeconds is the token's lifetime: the kubelet's minimum.
+	KeyReleaseTokenSeconds = 600
+	// EnvKeyReleaseCA holds the PEM CA bundle the unseal container trusts
+	// for the key-release service. It is in the pod spec, not a ConfigMap, so
+	// a tenant cannot point the pod at a server of their own (the spec is
+	// compared with the generated one before any key is released).
+	EnvKeyReleaseCA = "MODELGUARD_KEY_RELEASE_CA"
+	// EnvPodUID is the pod's UID, from the downward API.
+	EnvPodUID = "MODELGUARD_POD_UID"
+	// KeyReleaseServiceName is the default name of the Service in front of
+	// every manager replica's key-release endpoint.
+	KeyReleaseServiceName = "modelguard-key-release"
+	// KeyReleasePort is the manager's key-release container port; the
+	// Service maps 443 to it.
+	KeyReleasePort = 8444
+)
+
+// OperatorPodLabels select the manager's pods, in the chart and in
+// kustomize, so that a protected pod's NetworkPolicy admits egress to the
+// key-release endpoint and nothing else of the operator.
+func OperatorPodLabels() map[string]string {
+	return map[string]string{
+		"app.kubernetes.io/name":      "modelguard",
+		"app.kubernetes.io/component": "manager",
 	}
-	return ""
 }
 
 // Ownership annotations that ModelGuard puts on every object it manages, so
@@ -49,9 +76,6 @@ const (
 	LabelModel       = "modelguard.dev/model"
 	LabelTrainingJob = "modelguard.dev/training-job"
 	LabelProtected   = "modelguard.dev/protected"
-	// LabelDataKey marks the Secrets that hold unwrapped data keys, so that
-	// the operator's cache watches only those.
-	LabelDataKey = "modelguard.dev/data-key"
 
 	// ManagedByValue is the value of LabelManagedBy.
 	ManagedByValue = "modelguard"
@@ -62,21 +86,19 @@ const (
 const FieldManager = "modelguard"
 
 // LabelComponent tells the pods of one workload apart by their role, e.g. a
-// model's server pods from its key-resolve pods, so that a Service or a
-// Deployment selects only its own.
+// training job's trainer pods from its seal pod, so that a Service or a
+// controller selects only its own.
 const LabelComponent = "modelguard.dev/component"
 
 // Component values of LabelComponent.
 const (
-	ComponentServer     = "server"
-	ComponentKeyResolve = "key-resolve"
+	ComponentServer = "server"
 )
 
 // Container names in the pods ModelGuard generates.
 const (
-	ContainerUnseal     = "unseal"
-	ContainerServer     = "server"
-	ContainerKeyResolve = "key-resolve"
+	ContainerUnseal = "unseal"
+	ContainerServer = "server"
 )
 
 // OwnershipAnnotations are the intellectual-property annotations that every

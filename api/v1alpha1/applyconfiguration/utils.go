@@ -42,12 +42,12 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.GPUApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("HTTPSource"):
 		return &apiv1alpha1.HTTPSourceApplyConfiguration{}
-	case v1alpha1.SchemeGroupVersion.WithKind("KeySource"):
-		return &apiv1alpha1.KeySourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ModelKey"):
 		return &apiv1alpha1.ModelKeyApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeyProvider"):
 		return &apiv1alpha1.ModelKeyProviderApplyConfiguration{}
+	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeyReference"):
+		return &apiv1alpha1.ModelKeyReferenceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeySecret"):
 		return &apiv1alpha1.ModelKeySecretApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("ModelKeySpec"):
@@ -78,8 +78,6 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.SealedWeightsApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("SealSpec"):
 		return &apiv1alpha1.SealSpecApplyConfiguration{}
-	case v1alpha1.SchemeGroupVersion.WithKind("SecretKeyRef"):
-		return &apiv1alpha1.SecretKeyRefApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingData"):
 		return &apiv1alpha1.TrainingDataApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingJob"):
@@ -92,8 +90,6 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1alpha1.TrainingOutputApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("TrainingOutputStatus"):
 		return &apiv1alpha1.TrainingOutputStatusApplyConfiguration{}
-	case v1alpha1.SchemeGroupVersion.WithKind("VaultTransitKey"):
-		return &apiv1alpha1.VaultTransitKeyApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("VolumeSource"):
 		return &apiv1alpha1.VolumeSourceApplyConfiguration{}
 	case v1alpha1.SchemeGroupVersion.WithKind("WeightsSource"):

@@ -116,18 +116,6 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: url
       type:
         scalar: string
-- name: com.github.modelguard.modelguard.api.v1alpha1.KeySource
-  map:
-    fields:
-    - name: awsKms
-      type:
-        namedType: com.github.modelguard.modelguard.api.v1alpha1.AWSKMSKey
-    - name: secretRef
-      type:
-        namedType: com.github.modelguard.modelguard.api.v1alpha1.SecretKeyRef
-    - name: vaultTransit
-      type:
-        namedType: com.github.modelguard.modelguard.api.v1alpha1.VaultTransitKey
 - name: com.github.modelguard.modelguard.api.v1alpha1.ModelKey
   map:
     fields:
@@ -160,6 +148,12 @@ var schemaYAML = typed.YAMLObject(`types:
         namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyVaultTransit
 - name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyProviderKind
   scalar: string
+- name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyReference
+  map:
+    fields:
+    - name: modelKey
+      type:
+        scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.ModelKeySecret
   map:
     fields:
@@ -420,7 +414,7 @@ var schemaYAML = typed.YAMLObject(`types:
     fields:
     - name: key
       type:
-        namedType: com.github.modelguard.modelguard.api.v1alpha1.KeySource
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyReference
 - name: com.github.modelguard.modelguard.api.v1alpha1.SealedWeights
   map:
     fields:
@@ -429,22 +423,13 @@ var schemaYAML = typed.YAMLObject(`types:
         scalar: string
     - name: key
       type:
-        namedType: com.github.modelguard.modelguard.api.v1alpha1.KeySource
+        namedType: com.github.modelguard.modelguard.api.v1alpha1.ModelKeyReference
     - name: memory
       type:
         namedType: io.k8s.apimachinery.pkg.api.resource.Quantity
     - name: source
       type:
         namedType: com.github.modelguard.modelguard.api.v1alpha1.WeightsSource
-- name: com.github.modelguard.modelguard.api.v1alpha1.SecretKeyRef
-  map:
-    fields:
-    - name: key
-      type:
-        scalar: string
-    - name: name
-      type:
-        scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.TrainingData
   map:
     fields:
@@ -604,22 +589,6 @@ var schemaYAML = typed.YAMLObject(`types:
       type:
         scalar: string
     - name: sealedDigest
-      type:
-        scalar: string
-- name: com.github.modelguard.modelguard.api.v1alpha1.VaultTransitKey
-  map:
-    fields:
-    - name: address
-      type:
-        scalar: string
-    - name: keyName
-      type:
-        scalar: string
-    - name: mountPath
-      type:
-        scalar: string
-      default: transit
-    - name: role
       type:
         scalar: string
 - name: com.github.modelguard.modelguard.api.v1alpha1.VolumeSource

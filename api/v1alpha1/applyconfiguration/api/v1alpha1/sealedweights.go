@@ -36,9 +36,11 @@ type SealedWeightsApplyConfiguration struct {
 	// `modelguard seal`. The weights are verified against it before serving,
 	// so a swapped or tampered bundle never reaches the model server.
 	Digest *string `json:"digest,omitempty"`
-	// key is the key-encryption key that unwraps the bundle's data key:
-	// exactly one of secretRef, awsKms or vaultTransit.
-	Key *KeySourceApplyConfiguration `json:"key,omitempty"`
+	// key names the ModelKey whose key-encryption key wrapped the bundle's
+	// data key. The KEK never leaves the operator or the KMS, and the data
+	// key is never stored in the cluster: the operator releases it only to
+	// the verified unseal container of this model's own pods.
+	Key *ModelKeyReferenceApplyConfiguration `json:"key,omitempty"`
 	// memory is the size of the memory-backed volume that holds the
 	// decrypted weights, e.g. "16Gi". Plaintext never touches disk, so it must
 	// fit the unpacked model; it counts against the pod's memory limit.
@@ -71,7 +73,7 @@ func (b *SealedWeightsApplyConfiguration) WithDigest(value string) *SealedWeight
 // WithKey sets the Key field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Key field is set to the value of the last call.
-func (b *SealedWeightsApplyConfiguration) WithKey(value *KeySourceApplyConfiguration) *SealedWeightsApplyConfiguration {
+func (b *SealedWeightsApplyConfiguration) WithKey(value *ModelKeyReferenceApplyConfiguration) *SealedWeightsApplyConfiguration {
 	b.Key = value
 	return b
 }

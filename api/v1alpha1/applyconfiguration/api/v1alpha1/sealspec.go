@@ -23,9 +23,10 @@ package v1alpha1
 //
 // SealSpec says how to seal weights.
 type SealSpecApplyConfiguration struct {
-	// key is the key-encryption key that wraps the sealed output's data key:
-	// exactly one of secretRef, awsKms or vaultTransit.
-	Key *KeySourceApplyConfiguration `json:"key,omitempty"`
+	// key names the ModelKey that wraps the sealed output's data key. The
+	// sealing pod sends a fresh data key to the operator's key-release
+	// service and gets it back wrapped; the KEK never reaches the pod.
+	Key *ModelKeyReferenceApplyConfiguration `json:"key,omitempty"`
 }
 
 // SealSpecApplyConfiguration constructs a declarative configuration of the SealSpec type for use with
@@ -37,7 +38,7 @@ func SealSpec() *SealSpecApplyConfiguration {
 // WithKey sets the Key field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Key field is set to the value of the last call.
-func (b *SealSpecApplyConfiguration) WithKey(value *KeySourceApplyConfiguration) *SealSpecApplyConfiguration {
+func (b *SealSpecApplyConfiguration) WithKey(value *ModelKeyReferenceApplyConfiguration) *SealSpecApplyConfiguration {
 	b.Key = value
 	return b
 }
