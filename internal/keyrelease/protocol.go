@@ -27,6 +27,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+
 	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/internal/seal"
 )
@@ -36,7 +38,7 @@ const (
 	// the init container presents. No other audience is accepted, so a token
 	// the pod holds for the API server is useless here, and this one is
 	// useless to the API server.
-	Audience = "modelguard-key-release"
+	Audience = mlv1alpha1.KeyReleaseAudience
 
 	// ReleasePath is the endpoint that releases a bundle's data key.
 	ReleasePath = "/v1/release"

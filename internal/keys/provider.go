@@ -15,7 +15,7 @@ import (
 // its uncached API reader, so that it never caches Secrets it does not own.
 type SecretGetter func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
 
-// ProviderError says why ProviderFor could not load a key-encryption key, as
+// ProviderError says why ModelKeyProvider could not load a key-encryption key, as
 // the reason of a KeyAvailable condition and a message that names the spec
 // field. It never holds key material.
 type ProviderError struct {
@@ -26,20 +26,6 @@ type ProviderError struct {
 }
 
 func (e *ProviderError) Error() string { return e.Message }
-
-// ProviderFor loads the key-encryption key that src names, for a workload in
-// namespace; field is where src sits in the spec (e.g. "spec.weights.key"),
-// for the messages. Errors are *ProviderError. It serves the controllers and
-// any server that unwraps keys, so that every caller reads a KeySource the
-// same way.
-func ProviderFor(ctx context.Context, src mlv1alpha1.KeySource, namespace, field string, getSecret SecretGetter) (Provider, error) {
-	ref := src.SecretRef
-	if ref == nil {
-		return nil, &ProviderError{Reason: mlv1alpha1.ReasonKeyProviderUnavailable,
-			Message: fmt.Sprintf("key provider %s is not supported by this operator version; use %s.secretRef", src.Provider(), field)}
-	}
-	return secretKEK(ctx, namespace, ref.Name, ref.Key, field+".secretRef", getSecret)
-}
 
 // ModelKeyProvider loads the key-encryption key that a ModelKey names. A
 // secret provider's Secret is read in operatorNamespace, the operator's own

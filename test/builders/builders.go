@@ -24,7 +24,8 @@ const (
 	DefaultServerImage = "registry.example.com/acme/serve:1.0"
 	DefaultTrainImage  = "registry.example.com/acme/trainer:1.0"
 	DefaultClaimName   = "sealed-models"
-	DefaultKEKKey      = "kek"
+	// DefaultModelKey is the ModelKey the minimal objects name.
+	DefaultModelKey = "models"
 	DefaultMemory      = "1Gi"
 	DefaultOutputSize  = "10Gi"
 	// DefaultDigest is the sha256 of the empty string: well-formed, and
@@ -32,21 +33,18 @@ const (
 	DefaultDigest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 )
 
-// KEKSecretName is the Secret that the minimal objects named name take their
-// key-encryption key from.
-func KEKSecretName(name string) string { return name + "-kek" }
-
 // WeightsWrapper builds SealedWeights, for ProtectedModel weights and
 // TrainingJob baseWeights.
 type WeightsWrapper struct{ mlv1alpha1.SealedWeights }
 
 // MakeWeights returns valid weights: a sealed bundle on the PVC
-// DefaultClaimName, key from Secret secretName, DefaultMemory of memory.
-func MakeWeights(secretName string) *WeightsWrapper {
+// DefaultClaimName, its data key wrapped by ModelKey modelKey, DefaultMemory
+// of memory.
+func MakeWeights(modelKey string) *WeightsWrapper {
 	return &WeightsWrapper{mlv1alpha1.SealedWeights{
 		Source: mlv1alpha1.WeightsSource{Volume: &mlv1alpha1.VolumeSource{ClaimName: DefaultClaimName}},
 		Digest: DefaultDigest,
-		Key:    SecretKey(secretName, DefaultKEKKey),
+		Key:    ModelKeyRef(modelKey),
 		Memory: resource.MustParse(DefaultMemory),
 	}}
 }
@@ -77,9 +75,9 @@ func httpSource(url string) mlv1alpha1.WeightsSource {
 // Digest sets the expected model digest.
 func (w *WeightsWrapper) Digest(d string) *WeightsWrapper { w.SealedWeights.Digest = d; return w }
 
-// Key sets the key source.
-func (w *WeightsWrapper) Key(k mlv1alpha1.KeySource) *WeightsWrapper {
-	w.SealedWeights.Key = k
+// ModelKey names the ModelKey that wrapped the bundle's data key.
+func (w *WeightsWrapper) ModelKey(name string) *WeightsWrapper {
+	w.SealedWeights.Key = ModelKeyRef(name)
 	return w
 }
 
@@ -89,19 +87,9 @@ func (w *WeightsWrapper) Memory(q string) *WeightsWrapper {
 	return w
 }
 
-// SecretKey is a key source reading key from Secret name.
-func SecretKey(name, key string) mlv1alpha1.KeySource {
-	return mlv1alpha1.KeySource{SecretRef: &mlv1alpha1.SecretKeyRef{Name: name, Key: key}}
-}
-
-// AWSKMSKey is a key source using an AWS KMS key.
-func AWSKMSKey(keyID, region string) mlv1alpha1.KeySource {
-	return mlv1alpha1.KeySource{AWSKMS: &mlv1alpha1.AWSKMSKey{KeyID: keyID, Region: region}}
-}
-
-// VaultTransitKey is a key source using a Vault transit key.
-func VaultTransitKey(address, keyName, role string) mlv1alpha1.KeySource {
-	return mlv1alpha1.KeySource{VaultTransit: &mlv1alpha1.VaultTransitKey{Address: address, KeyName: keyName, Role: role}}
+// ModelKeyRef refers to the ModelKey name.
+func ModelKeyRef(name string) mlv1alpha1.ModelKeyReference {
+	return mlv1alpha1.ModelKeyReference{ModelKey: name}
 }
 
 // Selector is a label selector matching labels.
@@ -154,7 +142,7 @@ func defaultOwnership(o *mlv1alpha1.Ownership) {
 }
 
 // defaultShared fills what the CRD schema defaults in the shared blocks.
-func defaultShared(g *mlv1alpha1.GPU, n *mlv1alpha1.Network, weights ...*mlv1alpha1.SealedWeights) {
+func defaultShared(g *mlv1alpha1.GPU, n *mlv1alpha1.Network) {
 	if g != nil && g.ResourceName == "" {
 		g.ResourceName = "nvidia.com/gpu"
 	}
@@ -166,16 +154,5 @@ func defaultShared(g *mlv1alpha1.GPU, n *mlv1alpha1.Network, weights ...*mlv1alp
 				}
 			}
 		}
-	}
-	for _, w := range weights {
-		if w != nil {
-			defaultKey(&w.Key)
-		}
-	}
-}
-
-func defaultKey(k *mlv1alpha1.KeySource) {
-	if k.VaultTransit != nil && k.VaultTransit.MountPath == "" {
-		k.VaultTransit.MountPath = "transit"
 	}
 }

@@ -16,7 +16,7 @@ type ProtectedModelWrapper struct{ mlv1alpha1.ProtectedModel }
 
 // MakeProtectedModel returns the smallest ProtectedModel the API server
 // accepts: owner and license, a sealed bundle on a PVC with its key in the
-// Secret KEKSecretName(name), and a server image. Everything else is left to
+// ModelKey DefaultModelKey, and a server image. Everything else is left to
 // the CRD defaults.
 func MakeProtectedModel(name, namespace string) *ProtectedModelWrapper {
 	return &ProtectedModelWrapper{mlv1alpha1.ProtectedModel{
@@ -27,7 +27,7 @@ func MakeProtectedModel(name, namespace string) *ProtectedModelWrapper {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: mlv1alpha1.ProtectedModelSpec{
 			Ownership: minimalOwnership(),
-			Weights:   *MakeWeights(KEKSecretName(name)).Obj(),
+			Weights:   *MakeWeights(DefaultModelKey).Obj(),
 			Server:    mlv1alpha1.ModelServer{Image: DefaultServerImage},
 		},
 	}}
@@ -47,7 +47,7 @@ func (w *ProtectedModelWrapper) Clone() *ProtectedModelWrapper {
 func (w *ProtectedModelWrapper) Defaulted() *ProtectedModelWrapper {
 	s := &w.Spec
 	defaultOwnership(&s.Ownership)
-	defaultShared(s.GPU, s.Network, &s.Weights)
+	defaultShared(s.GPU, s.Network)
 	if s.Server.Port == 0 {
 		s.Server.Port = 8080
 	}
@@ -156,15 +156,10 @@ func (w *ProtectedModelWrapper) Digest(d string) *ProtectedModelWrapper {
 	return w
 }
 
-// Key sets weights.key.
-func (w *ProtectedModelWrapper) Key(k mlv1alpha1.KeySource) *ProtectedModelWrapper {
-	w.Spec.Weights.Key = k
+// ModelKey sets weights.key.modelKey.
+func (w *ProtectedModelWrapper) ModelKey(name string) *ProtectedModelWrapper {
+	w.Spec.Weights.Key = ModelKeyRef(name)
 	return w
-}
-
-// SecretKey takes the KEK from key of Secret name.
-func (w *ProtectedModelWrapper) SecretKey(name, key string) *ProtectedModelWrapper {
-	return w.Key(SecretKey(name, key))
 }
 
 // Memory sets weights.memory, e.g. "16Gi".

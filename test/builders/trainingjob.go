@@ -16,7 +16,7 @@ type TrainingJobWrapper struct{ mlv1alpha1.TrainingJob }
 
 // MakeTrainingJob returns the smallest TrainingJob the API server accepts:
 // owner and license, an image, and an output volume of DefaultOutputSize
-// sealed with the KEK in Secret KEKSecretName(name). Everything else is left
+// sealed under ModelKey DefaultModelKey. Everything else is left
 // to the CRD defaults.
 func MakeTrainingJob(name, namespace string) *TrainingJobWrapper {
 	return &TrainingJobWrapper{mlv1alpha1.TrainingJob{
@@ -30,7 +30,7 @@ func MakeTrainingJob(name, namespace string) *TrainingJobWrapper {
 			Image:     DefaultTrainImage,
 			Output: mlv1alpha1.TrainingOutput{
 				Size: resource.MustParse(DefaultOutputSize),
-				Seal: mlv1alpha1.SealSpec{Key: SecretKey(KEKSecretName(name), DefaultKEKKey)},
+				Seal: mlv1alpha1.SealSpec{Key: ModelKeyRef(DefaultModelKey)},
 			},
 		},
 	}}
@@ -50,8 +50,7 @@ func (w *TrainingJobWrapper) Clone() *TrainingJobWrapper {
 func (w *TrainingJobWrapper) Defaulted() *TrainingJobWrapper {
 	s := &w.Spec
 	defaultOwnership(&s.Ownership)
-	defaultShared(s.GPU, s.Network, s.BaseWeights)
-	defaultKey(&s.Output.Seal.Key)
+	defaultShared(s.GPU, s.Network)
 	if s.Nodes == 0 {
 		s.Nodes = 1
 	}
@@ -230,9 +229,9 @@ func (w *TrainingJobWrapper) AllowUnencryptedStorage(allow bool) *TrainingJobWra
 	return w
 }
 
-// SealKey sets output.seal.key.
-func (w *TrainingJobWrapper) SealKey(k mlv1alpha1.KeySource) *TrainingJobWrapper {
-	w.Spec.Output.Seal.Key = k
+// SealKey sets output.seal.key.modelKey.
+func (w *TrainingJobWrapper) SealKey(modelKey string) *TrainingJobWrapper {
+	w.Spec.Output.Seal.Key = ModelKeyRef(modelKey)
 	return w
 }
 
