@@ -40,8 +40,18 @@ func model(edits ...func(*builders.ProtectedModelWrapper)) *mlv1alpha1.Protected
 
 // servingFacts are the facts of a model that may serve.
 func servingFacts(replicas int32) builder.ProtectedModelFacts {
-	return builder.ProtectedModelFacts{UnsealImage: unsealImage, Replicas: replicas, DataKeyHash: builder.DataKeyHash([]byte("0123456789abcdef0123456789abcdef"))}
+	return builder.ProtectedModelFacts{UnsealImage: unsealImage, Replicas: replicas, KeyRelease: testKeyRelease}
 }
+
+// testKeyRelease is the key-release endpoint of the operator in
+// testOperatorNamespace.
+var testKeyRelease = builder.KeyRelease{
+	URL:       "https://modelguard-key-release." + testOperatorNamespace + ".svc",
+	CABundle:  "-----BEGIN CERTIFICATE-----\nTUlJQg==\n-----END CERTIFICATE-----\n",
+	Namespace: testOperatorNamespace,
+}
+
+const testOperatorNamespace = "modelguard-system"
 
 // asAPI converts an applyconfiguration into the API type the API server
 // would store, through the JSON both share. Unknown fields fail the test, so

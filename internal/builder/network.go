@@ -6,6 +6,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
 // Isolation is the shape of a workload's NetworkPolicy beyond default deny,
@@ -17,6 +19,10 @@ type Isolation struct {
 	// SameWorkloadPeers lets the workload's pods reach one another on every
 	// port, in both directions, e.g. the nodes of a multi-node training job.
 	SameWorkloadPeers bool
+	// KeyReleaseNamespace, when set, lets the pods reach the manager pods in
+	// that namespace (the operator's) on the key-release port, and nothing
+	// else of the operator.
+	KeyReleaseNamespace string
 }
 
 // NetworkPolicy denies everything the spec does not allow, in both
@@ -48,6 +54,9 @@ func NetworkPolicy(w Workload, isolation Isolation) *networkingv1ac.NetworkPolic
 	}
 
 	spec.WithEgress(dnsEgressRule())
+	if isolation.KeyReleaseNamespace != "" {
+		spec.WithEgress(keyReleaseEgressRule(isolation.KeyReleaseNamespace))
+	}
 	for _, e := range w.Network.AllowedEgress {
 		block := networkingv1ac.IPBlock().WithCIDR(string(e.CIDR))
 		for _, ex := range e.Except {
@@ -92,4 +101,15 @@ func dnsEgressRule() *networkingv1ac.NetworkPolicyEgressRuleApplyConfiguration {
 			networkingv1ac.NetworkPolicyPort().WithProtocol(corev1.ProtocolUDP).WithPort(intstr.FromInt32(53)),
 			networkingv1ac.NetworkPolicyPort().WithProtocol(corev1.ProtocolTCP).WithPort(intstr.FromInt32(53)),
 		)
+}
+
+// keyReleaseEgressRule lets pods reach the key-release endpoint of the
+// manager pods in the operator's namespace. Policies match after the Service
+// is translated, so the rule names the pods' own port, not the Service's.
+func keyReleaseEgressRule(operatorNamespace string) *networkingv1ac.NetworkPolicyEgressRuleApplyConfiguration {
+	return networkingv1ac.NetworkPolicyEgressRule().
+		WithTo(networkingv1ac.NetworkPolicyPeer().
+			WithNamespaceSelector(metav1ac.LabelSelector().WithMatchLabels(map[string]string{"kubernetes.io/metadata.name": operatorNamespace})).
+			WithPodSelector(metav1ac.LabelSelector().WithMatchLabels(mlv1alpha1.OperatorPodLabels()))).
+		WithPorts(networkingv1ac.NetworkPolicyPort().WithProtocol(corev1.ProtocolTCP).WithPort(intstr.FromInt32(mlv1alpha1.KeyReleasePort)))
 }

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/utils/ptr"
@@ -71,12 +70,14 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 			AllowEgress("10.20.0.0/16", 443).
 			EgressRule(mlv1alpha1.EgressRule{CIDR: "198.51.100.0/24", Except: []mlv1alpha1.CIDR{"198.51.100.128/25"}})
 	})
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm, testOperatorNamespace))
 
 	serverLabels := deployment(t, pm, servingFacts(1)).Spec.Template.Labels
-	keyResolveLabels := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1))).Spec.Template.Labels
 	modelPod := pod(testNamespace, nil, serverLabels, "10.244.1.10")
-	keyResolvePod := pod(testNamespace, nil, keyResolveLabels, "10.244.1.11")
+	operatorPods := map[string]string{"app.kubernetes.io/name": "modelguard", "app.kubernetes.io/component": "manager"}
+	keyRelease := pod(testOperatorNamespace, nil, operatorPods, "10.244.0.40")
+	managerElsewhere := pod("other-operator", nil, operatorPods, "10.244.0.41")
+	otherOperatorPod := pod(testOperatorNamespace, nil, map[string]string{"app.kubernetes.io/name": "webhook-helper"}, "10.244.0.42")
 	web := pod(testNamespace, nil, map[string]string{"app": "web"}, "10.244.2.20")
 	batch := pod(testNamespace, nil, map[string]string{"app": "batch"}, "10.244.2.21")
 	webElsewhere := pod("sandbox", nil, map[string]string{"app": "web"}, "10.244.3.30")
@@ -98,8 +99,6 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 		{"gateway of an allowed namespace", gateway, modelPod, 8080, "http", corev1.ProtocolTCP, true},
 		{"gateway of another namespace", gatewayOtherTeam, modelPod, 8080, "http", corev1.ProtocolTCP, false},
 		{"outside address to the model", internet, modelPod, 8080, "http", corev1.ProtocolTCP, false},
-		{"allowed client to the key-resolve pod", web, keyResolvePod, 8080, "", corev1.ProtocolTCP, true},
-		{"other pod to the key-resolve pod", batch, keyResolvePod, 8080, "", corev1.ProtocolTCP, false},
 		// Egress.
 		{"model to the internet", modelPod, internet, 443, "", corev1.ProtocolTCP, false},
 		{"model to a public resolver", modelPod, external("8.8.8.8"), 53, "", corev1.ProtocolUDP, false},
@@ -113,8 +112,10 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 		{"model to a range allowed on every port", modelPod, external("198.51.100.7"), 8443, "", corev1.ProtocolTCP, true},
 		{"model to an excepted part of that range", modelPod, external("198.51.100.200"), 8443, "", corev1.ProtocolTCP, false},
 		{"model to its allowed client", modelPod, web, 8080, "http", corev1.ProtocolTCP, false},
-		{"key-resolve pod to the internet", keyResolvePod, internet, 443, "", corev1.ProtocolTCP, false},
-		{"key-resolve pod to cluster DNS", keyResolvePod, dns, 53, "", corev1.ProtocolUDP, true},
+		{"model to the key-release port of the manager pods", modelPod, keyRelease, 8444, "", corev1.ProtocolTCP, true},
+		{"model to another port of the manager pods", modelPod, keyRelease, 8443, "", corev1.ProtocolTCP, false},
+		{"model to manager look-alikes in another namespace", modelPod, managerElsewhere, 8444, "", corev1.ProtocolTCP, false},
+		{"model to another pod of the operator namespace", modelPod, otherOperatorPod, 8444, "", corev1.ProtocolTCP, false},
 		// Pods that are not the model's are not governed by its policy.
 		{"unrelated pod to the internet", batch, internet, 443, "", corev1.ProtocolTCP, true},
 	})
@@ -122,7 +123,7 @@ func TestNetworkPolicyTruthTable(t *testing.T) {
 
 func TestNetworkPolicyTruthTableWithoutNetworkBlock(t *testing.T) {
 	pm := model()
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm, testOperatorNamespace))
 	modelPod := pod(testNamespace, nil, deployment(t, pm, servingFacts(1)).Spec.Template.Labels, "10.244.1.10")
 	sameNamespace := pod(testNamespace, nil, map[string]string{"app": "web"}, "10.244.2.20")
 	dns := pod("kube-system", nil, map[string]string{"k8s-app": "kube-dns"}, "10.244.0.2")
@@ -148,7 +149,7 @@ func TestNetworkPolicyTruthTableIPv6AndPortRanges(t *testing.T) {
 			},
 		})
 	})
-	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
+	policy := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm, testOperatorNamespace))
 	modelPod := pod(testNamespace, nil, deployment(t, pm, servingFacts(1)).Spec.Template.Labels, "fd00::10")
 	var flows []flow
 	for _, tc := range []struct {

@@ -26,16 +26,14 @@ import (
 // complete.
 var objectBuilders = map[string]func(*mlv1alpha1.ProtectedModel) any{
 	"ServiceAccount": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ServiceAccount(builder.ForProtectedModel(pm)) },
-	"DataKeySecret": func(pm *mlv1alpha1.ProtectedModel) any {
-		return builder.DataKeySecret(pm, []byte("0123456789abcdef0123456789abcdef"), "kek:0011223344556677")
-	},
-	"Service": func(pm *mlv1alpha1.ProtectedModel) any { return builder.Service(pm) },
+	"Service":        func(pm *mlv1alpha1.ProtectedModel) any { return builder.Service(pm) },
 	"NetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any {
 		return builder.NetworkPolicy(builder.ForProtectedModel(pm), builder.Isolation{ServingPort: ptr.To[int32](8080), SameWorkloadPeers: true})
 	},
-	"ModelNetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any { return builder.ModelNetworkPolicy(pm) },
-	"Deployment":         func(pm *mlv1alpha1.ProtectedModel) any { return builder.Deployment(pm, servingFacts(2)) },
-	"KeyResolveJob":      func(pm *mlv1alpha1.ProtectedModel) any { return builder.KeyResolveJob(pm, servingFacts(2)) },
+	"ModelNetworkPolicy": func(pm *mlv1alpha1.ProtectedModel) any {
+		return builder.ModelNetworkPolicy(pm, testOperatorNamespace)
+	},
+	"Deployment": func(pm *mlv1alpha1.ProtectedModel) any { return builder.Deployment(pm, servingFacts(2)) },
 }
 
 // ownershipSpecs vary everything that could make a builder take another path.
@@ -90,7 +88,7 @@ func TestEveryChildCarriesOwnership(t *testing.T) {
 				for path, template := range podTemplates(t, obj.Object, "") {
 					metas[path] = template
 				}
-				if builderName == "Deployment" || builderName == "KeyResolveJob" {
+				if builderName == "Deployment" {
 					if len(metas) != 2 {
 						t.Fatalf("found %d pod templates, want 1", len(metas)-1)
 					}

@@ -1,32 +1,26 @@
 package builder
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
-	batchv1ac "k8s.io/client-go/applyconfigurations/batch/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	networkingv1ac "k8s.io/client-go/applyconfigurations/networking/v1"
 	"k8s.io/utils/ptr"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
-	"github.com/modelguard/modelguard/internal/keys"
 )
 
 // This file composes the kind-neutral builders into a ProtectedModel's
 // children. Only the parts that exist for serving alone (the server
 // container, the Service, replicas) are built here.
 
-// AnnotationConfigHash is set on the pod template; it changes when the key
-// reference, data key or digest changes, which rolls the pods.
+// AnnotationConfigHash is set on the pod template; it changes when the
+// ModelKey, the digest or the bundle changes, which rolls the pods.
 const AnnotationConfigHash = "modelguard.dev/config-hash"
 
 var (
@@ -39,14 +33,13 @@ var (
 // ProtectedModelFacts are what the controller resolved before building: they
 // keep the builders pure.
 type ProtectedModelFacts struct {
-	// UnsealImage runs `modelguard unseal` and `modelguard resolve-key`.
+	// UnsealImage runs `modelguard unseal`.
 	UnsealImage string
 	// Replicas is the Deployment's replica count: spec.server.replicas, or 0
 	// when the model cannot be protected (fail closed).
 	Replicas int32
-	// DataKeyHash fingerprints the data key; a change rolls the pods. It is a
-	// hash, never the key.
-	DataKeyHash string
+	// KeyRelease is the key-release service the unseal container calls.
+	KeyRelease KeyRelease
 	// DefaultGPUTolerations are the cluster's tolerations for GPU nodes (the
 	// manager's --default-gpu-tolerations), added to every pod that asks for
 	// a GPU, after the resource toleration and before the spec's own.
@@ -68,34 +61,15 @@ func ForProtectedModel(pm *mlv1alpha1.ProtectedModel) Workload {
 }
 
 // ModelIsolation is a model's NetworkPolicy shape: the allowed clients reach
-// its serving port.
-func ModelIsolation(pm *mlv1alpha1.ProtectedModel) Isolation {
-	return Isolation{ServingPort: ptr.To(serverPort(pm))}
+// its serving port, and its pods reach the key-release service in the
+// operator's namespace.
+func ModelIsolation(pm *mlv1alpha1.ProtectedModel, operatorNamespace string) Isolation {
+	return Isolation{ServingPort: ptr.To(serverPort(pm)), KeyReleaseNamespace: operatorNamespace}
 }
 
 // ModelNetworkPolicy is the model's NetworkPolicy.
-func ModelNetworkPolicy(pm *mlv1alpha1.ProtectedModel) *networkingv1ac.NetworkPolicyApplyConfiguration {
-	return NetworkPolicy(ForProtectedModel(pm), ModelIsolation(pm))
-}
-
-// DataKeySecretName is the Secret holding the unwrapped data key.
-func DataKeySecretName(pm *mlv1alpha1.ProtectedModel) string { return pm.Name + "-data-key" }
-
-// AnnotationBundleFingerprint on the data-key Secret records which bundle,
-// digest and key-encryption key the data key was unwrapped for.
-const AnnotationBundleFingerprint = "modelguard.dev/bundle-fingerprint"
-
-// DataKeySecret holds the bundle's data key (never the key-encryption key),
-// mounted only by the unseal init container. kekID is the ID of the KEK that
-// unwrapped it, recorded through BundleFingerprint.
-func DataKeySecret(pm *mlv1alpha1.ProtectedModel, dek []byte, kekID string) *corev1ac.SecretApplyConfiguration {
-	w := ForProtectedModel(pm)
-	return managed(corev1ac.Secret(DataKeySecretName(pm), pm.Namespace), w).
-		WithLabels(map[string]string{mlv1alpha1.LabelDataKey: "true"}).
-		WithAnnotations(map[string]string{AnnotationBundleFingerprint: BundleFingerprint(&pm.Spec.Weights, kekID)}).
-		WithType(corev1.SecretTypeOpaque).
-		WithImmutable(false).
-		WithData(map[string][]byte{DataKeySecretKey: []byte(keys.EncodeDEK(dek))})
+func ModelNetworkPolicy(pm *mlv1alpha1.ProtectedModel, operatorNamespace string) *networkingv1ac.NetworkPolicyApplyConfiguration {
+	return NetworkPolicy(ForProtectedModel(pm), ModelIsolation(pm, operatorNamespace))
 }
 
 // Service exposes the model's port inside the cluster; the NetworkPolicy
@@ -114,15 +88,16 @@ func Service(pm *mlv1alpha1.ProtectedModel) *corev1ac.ServiceApplyConfiguration 
 }
 
 // Deployment runs the model server behind an unseal init container that
-// decrypts the sealed bundle into a memory-backed volume. Only the init
-// container sees the data key; the server sees plaintext weights read-only
+// gets the data key from the key-release service and decrypts the sealed
+// bundle into a memory-backed volume. Only the init container sees the data
+// key and the key-release token; the server sees plaintext weights read-only
 // and no Secret or token.
 func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv1ac.DeploymentApplyConfiguration {
 	w := ForProtectedModel(pm)
 	weights := &pm.Spec.Weights
 	volumes := []*corev1ac.VolumeApplyConfiguration{
 		plaintextVolume(weights),
-		dataKeyVolume(DataKeySecretName(pm)),
+		keyReleaseTokenVolume(),
 		corev1ac.Volume().WithName(volumeTmp).WithEmptyDir(corev1ac.EmptyDirVolumeSource().
 			WithMedium(corev1.StorageMediumMemory).
 			WithSizeLimit(serverTmpSize)),
@@ -132,7 +107,7 @@ func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv
 	}
 
 	podSpec := withGPUScheduling(hardenedPodSpec(w), w.GPU, facts.DefaultGPUTolerations).
-		WithInitContainers(unsealContainer(weights, facts.UnsealImage)).
+		WithInitContainers(unsealContainer(w, weights, facts.UnsealImage, facts.KeyRelease)).
 		WithContainers(serverContainer(pm)).
 		WithVolumes(volumes...)
 	server := w.ComponentSelector(mlv1alpha1.ComponentServer)
@@ -150,44 +125,7 @@ func Deployment(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *appsv
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(server)).
 			WithStrategy(appsv1ac.DeploymentStrategy().WithType(appsv1.RollingUpdateDeploymentStrategyType)).
 			WithTemplate(podTemplate(w, mlv1alpha1.ComponentServer,
-				map[string]string{AnnotationConfigHash: sealedConfigHash(weights, facts.DataKeyHash)}, podSpec)))
-}
-
-// KeyResolveJobName is unique per pod template (bundle claim and location,
-// digest, image, ownership, runtime class), so that a new source gets a fresh
-// resolution while the old Job is cleaned up.
-func KeyResolveJobName(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) string {
-	return *KeyResolveJob(pm, facts).Name
-}
-
-// KeyResolveJob reads the bundle's manifest, which is not secret, and reports
-// its wrapped data key and model digest in the termination message. It exists
-// because the operator cannot read a PersistentVolumeClaim itself. Its pod
-// needs no GPU.
-func KeyResolveJob(pm *mlv1alpha1.ProtectedModel, facts ProtectedModelFacts) *batchv1ac.JobApplyConfiguration {
-	w := ForProtectedModel(pm)
-	weights := &pm.Spec.Weights
-	podSpec := hardenedPodSpec(w).
-		WithRestartPolicy(corev1.RestartPolicyNever).
-		WithContainers(keyResolveContainer(weights, facts.UnsealImage))
-	if v := bundleVolume(weights); v != nil {
-		podSpec.WithVolumes(v)
-	}
-	template := podTemplate(w, mlv1alpha1.ComponentKeyResolve, nil, podSpec)
-
-	// A Job's pod template is immutable: the API server rejects any change to
-	// it, so all of it goes into the name.
-	data, err := json.Marshal(template)
-	if err != nil {
-		panic(fmt.Sprintf("builder: marshalling the key-resolve pod template: %v", err))
-	}
-	sum := sha256.Sum256(data)
-	return managed(batchv1ac.Job(pm.Name+"-kr-"+hex.EncodeToString(sum[:4]), pm.Namespace), w).
-		WithLabels(w.ComponentSelector(mlv1alpha1.ComponentKeyResolve)).
-		WithSpec(batchv1ac.JobSpec().
-			WithBackoffLimit(2).
-			WithActiveDeadlineSeconds(300).
-			WithTemplate(template))
+				map[string]string{AnnotationConfigHash: sealedConfigHash(weights)}, podSpec)))
 }
 
 func serverContainer(pm *mlv1alpha1.ProtectedModel) *corev1ac.ContainerApplyConfiguration {

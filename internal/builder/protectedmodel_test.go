@@ -1,22 +1,15 @@
 package builder_test
 
 import (
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
@@ -25,7 +18,7 @@ import (
 )
 
 const (
-	dataKeyMount   = "/var/run/modelguard/data-key"
+	tokenMount     = "/var/run/modelguard/key-release"
 	bundleMount    = "/var/run/modelguard/bundle"
 	plaintextMount = "/var/run/modelguard/model"
 )
@@ -83,13 +76,19 @@ func TestDeploymentUnsealInitContainer(t *testing.T) {
 				Image:           unsealImage,
 				ImagePullPolicy: corev1.PullIfNotPresent,
 				Command: []string{"/modelguard", "unseal",
-					"--dek-file", dataKeyMount + "/dek",
+					"--key-release", testKeyRelease.URL,
+					"--model", "ProtectedModel/" + testNamespace + "/m",
+					"--token-file", tokenMount + "/token",
 					"--expect-digest", pm.Spec.Weights.Digest,
 					"--progress", "log",
 					// No --keep-existing: init containers run again when the
 					// pod's sandbox is recreated, and the memory volume still
 					// holds the plaintext of the first run.
 					tc.location, plaintextMount},
+				Env: []corev1.EnvVar{
+					{Name: "MODELGUARD_KEY_RELEASE_CA", Value: testKeyRelease.CABundle},
+					{Name: "MODELGUARD_POD_UID", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.uid"}}},
+				},
 				SecurityContext:          hardenedContainer(),
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 				Resources: corev1.ResourceRequirements{
@@ -98,7 +97,7 @@ func TestDeploymentUnsealInitContainer(t *testing.T) {
 				},
 				VolumeMounts: append([]corev1.VolumeMount{
 					{Name: "model", MountPath: plaintextMount},
-					{Name: "data-key", MountPath: dataKeyMount, ReadOnly: true},
+					{Name: "key-release-token", MountPath: tokenMount, ReadOnly: true},
 				}, tc.mounts...),
 			}
 			if diff := cmp.Diff(want, d.Spec.Template.Spec.InitContainers[0], quantities); diff != "" {
@@ -185,8 +184,11 @@ func TestDeploymentVolumes(t *testing.T) {
 	}
 	tmpSize := resource.MustParse("64Mi")
 	common := []corev1.Volume{
-		{Name: "data-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName: "m-data-key", DefaultMode: ptr.To[int32](0o400)}}},
+		{Name: "key-release-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			DefaultMode: ptr.To[int32](0o400),
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: "modelguard-key-release", ExpirationSeconds: ptr.To[int64](600), Path: "token"}}},
+		}}},
 		{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 			Medium: corev1.StorageMediumMemory, SizeLimit: &tmpSize}}},
 	}
@@ -217,10 +219,10 @@ func TestDeploymentVolumes(t *testing.T) {
 	}
 }
 
-// TestOnlyUnsealSeesTheDataKey checks, for every kind of spec, that the data
-// key reaches the unseal container alone and that the server gets neither a
-// Secret nor a token.
-func TestOnlyUnsealSeesTheDataKey(t *testing.T) {
+// TestOnlyUnsealHoldsTheKeyReleaseToken checks, for every kind of spec, that
+// the key-release token reaches the unseal container alone, that no Secret
+// is mounted at all, and that the server gets neither a Secret nor a token.
+func TestOnlyUnsealHoldsTheKeyReleaseToken(t *testing.T) {
 	specs := map[string]func(*builders.ProtectedModelWrapper){
 		"minimal": func(w *builders.ProtectedModelWrapper) {},
 		"https":   func(w *builders.ProtectedModelWrapper) { w.HTTPSource("https://models.example.com/v3/") },
@@ -237,13 +239,13 @@ func TestOnlyUnsealSeesTheDataKey(t *testing.T) {
 					secretVolumes[v.Name] = true
 				}
 			}
-			if diff := cmp.Diff(map[string]bool{"data-key": true}, secretVolumes); diff != "" {
-				t.Errorf("Secret-backed volumes (-want +got):\n%s", diff)
+			if diff := cmp.Diff(map[string]bool{"key-release-token": true}, secretVolumes); diff != "" {
+				t.Errorf("Secret-backed and projected volumes (-want +got):\n%s", diff)
 			}
 			for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
 				for _, m := range c.VolumeMounts {
 					if secretVolumes[m.Name] && c.Name != "unseal" {
-						t.Errorf("container %s mounts the data key", c.Name)
+						t.Errorf("container %s mounts the key-release token", c.Name)
 					}
 				}
 				for _, e := range c.EnvFrom {
@@ -509,11 +511,12 @@ func TestDeploymentConfigHash(t *testing.T) {
 	}{
 		{"same spec and facts", model(), servingFacts(1), false},
 		{"digest", model(func(w *builders.ProtectedModelWrapper) { w.Digest(otherDigest) }), servingFacts(1), true},
-		{"key Secret name", model(func(w *builders.ProtectedModelWrapper) { w.SecretKey("other-kek", builders.DefaultKEKKey) }), servingFacts(1), true},
-		{"key within the Secret", model(func(w *builders.ProtectedModelWrapper) { w.SecretKey(builders.KEKSecretName("m"), "kek-2") }), servingFacts(1), true},
-		{"key provider", model(func(w *builders.ProtectedModelWrapper) { w.Key(builders.AWSKMSKey("alias/models", "eu-west-1")) }), servingFacts(1), true},
-		{"data key", model(), builder.ProtectedModelFacts{UnsealImage: unsealImage, Replicas: 1, DataKeyHash: builder.DataKeyHash([]byte("another data key of 32 bytes...."))}, true},
-		{"no data key yet", model(), builder.ProtectedModelFacts{UnsealImage: unsealImage, Replicas: 1}, true},
+		{"ModelKey", model(func(w *builders.ProtectedModelWrapper) { w.ModelKey("models-2027") }), servingFacts(1), true},
+		{"key-release CA bundle (in the pod spec, not the hash)", model(), func() builder.ProtectedModelFacts {
+			f := servingFacts(1)
+			f.KeyRelease.CABundle += "-----BEGIN CERTIFICATE-----\nTUlJQw==\n-----END CERTIFICATE-----\n"
+			return f
+		}(), false},
 		{"bundle location", model(func(w *builders.ProtectedModelWrapper) { w.VolumeSource(builders.DefaultClaimName, "v4") }), servingFacts(1), true},
 		{"replicas", model(func(w *builders.ProtectedModelWrapper) { w.Replicas(4) }), servingFacts(4), false},
 		{"held at zero", model(), func() builder.ProtectedModelFacts { f := servingFacts(1); f.Replicas = 0; return f }(), false},
@@ -531,25 +534,6 @@ func TestDeploymentConfigHash(t *testing.T) {
 				t.Errorf("config hash %s -> %s: changed = %v, want %v", base, got, changed, tc.change)
 			}
 		})
-	}
-}
-
-func TestDataKeyHash(t *testing.T) {
-	dek := []byte("0123456789abcdef0123456789abcdef")
-	h := builder.DataKeyHash(dek)
-	if h != builder.DataKeyHash(append([]byte(nil), dek...)) {
-		t.Error("the fingerprint of one key differs between calls")
-	}
-	if h == builder.DataKeyHash([]byte("0123456789abcdef0123456789abcdeF")) {
-		t.Error("two keys share a fingerprint")
-	}
-	if _, err := hex.DecodeString(h); err != nil || len(h) != 16 {
-		t.Errorf("fingerprint %q is not 16 hex digits", h)
-	}
-	for _, form := range []string{string(dek), hex.EncodeToString(dek), base64.StdEncoding.EncodeToString(dek), hex.EncodeToString(dek[:8])} {
-		if strings.Contains(h, form) || strings.Contains(form, h) {
-			t.Errorf("fingerprint %q overlaps key material %q", h, form)
-		}
 	}
 }
 
@@ -655,6 +639,13 @@ func TestNetworkPolicy(t *testing.T) {
 			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
 		}},
 	}
+	keyReleaseRule := networkingv1.NetworkPolicyEgressRule{
+		Ports: []networkingv1.NetworkPolicyPort{{Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To(intstr.FromInt32(8444))}},
+		To: []networkingv1.NetworkPolicyPeer{{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": testOperatorNamespace}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "modelguard", "app.kubernetes.io/component": "manager"}},
+		}},
+	}
 	modelPods := metav1.LabelSelector{MatchLabels: map[string]string{"modelguard.dev/model": "m"}}
 	both := []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
 	tcp := func(port int32) networkingv1.NetworkPolicyPort {
@@ -671,11 +662,11 @@ func TestNetworkPolicy(t *testing.T) {
 	}{{
 		name: "no network block: no ingress at all, egress to DNS only",
 		edit: func(w *builders.ProtectedModelWrapper) {},
-		want: networkingv1.NetworkPolicySpec{PodSelector: modelPods, PolicyTypes: both, Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule}},
+		want: networkingv1.NetworkPolicySpec{PodSelector: modelPods, PolicyTypes: both, Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule, keyReleaseRule}},
 	}, {
 		name: "empty network block: the same",
 		edit: func(w *builders.ProtectedModelWrapper) { w.Spec.Network = &mlv1alpha1.Network{} },
-		want: networkingv1.NetworkPolicySpec{PodSelector: modelPods, PolicyTypes: both, Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule}},
+		want: networkingv1.NetworkPolicySpec{PodSelector: modelPods, PolicyTypes: both, Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule, keyReleaseRule}},
 	}, {
 		name: "clients reach only the server port",
 		edit: func(w *builders.ProtectedModelWrapper) {
@@ -694,7 +685,7 @@ func TestNetworkPolicy(t *testing.T) {
 					{NamespaceSelector: &metav1.LabelSelector{}, PodSelector: webSelector},
 				},
 			}},
-			Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule},
+			Egress: []networkingv1.NetworkPolicyEgressRule{dnsRule, keyReleaseRule},
 		},
 	}, {
 		name: "egress ranges with except, ports, port ranges and protocols",
@@ -714,7 +705,7 @@ func TestNetworkPolicy(t *testing.T) {
 		want: networkingv1.NetworkPolicySpec{
 			PodSelector: modelPods, PolicyTypes: both,
 			Egress: []networkingv1.NetworkPolicyEgressRule{
-				dnsRule,
+				dnsRule, keyReleaseRule,
 				{
 					To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.20.0.0/16", Except: []string{"10.20.5.0/24", "10.20.9.0/24"}}}},
 					Ports: []networkingv1.NetworkPolicyPort{
@@ -737,7 +728,7 @@ func TestNetworkPolicy(t *testing.T) {
 			if tc.post != nil {
 				tc.post(pm)
 			}
-			np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
+			np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm, testOperatorNamespace))
 			if np.Name != "m" || np.Namespace != testNamespace {
 				t.Errorf("NetworkPolicy %s/%s, want %s/m", np.Namespace, np.Name, testNamespace)
 			}
@@ -750,13 +741,10 @@ func TestNetworkPolicy(t *testing.T) {
 
 func TestNetworkPolicySelectsEveryPodOfTheModel(t *testing.T) {
 	pm := model(func(w *builders.ProtectedModelWrapper) { w.GPUs(1) })
-	np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm))
+	np := asAPI[networkingv1.NetworkPolicy](t, builder.ModelNetworkPolicy(pm, testOperatorNamespace))
 	server := deployment(t, pm, servingFacts(1)).Spec.Template.Labels
-	keyResolve := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1))).Spec.Template.Labels
-	for name, podLabels := range map[string]map[string]string{"server": server, "key-resolve": keyResolve} {
-		if !selects(t, &np.Spec.PodSelector, podLabels) {
-			t.Errorf("the NetworkPolicy does not select the %s pods (%v)", name, podLabels)
-		}
+	if !selects(t, &np.Spec.PodSelector, server) {
+		t.Errorf("the NetworkPolicy does not select the server pods (%v)", server)
 	}
 	other := model(func(w *builders.ProtectedModelWrapper) { w.Name = "other" })
 	if selects(t, &np.Spec.PodSelector, deployment(t, other, servingFacts(1)).Spec.Template.Labels) {
@@ -783,10 +771,6 @@ func TestService(t *testing.T) {
 		if !selects(t, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, d.Spec.Template.Labels) {
 			t.Errorf("Service selector %v misses the server pods %v", svc.Spec.Selector, d.Spec.Template.Labels)
 		}
-		job := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1)))
-		if selects(t, &metav1.LabelSelector{MatchLabels: svc.Spec.Selector}, job.Spec.Template.Labels) {
-			t.Error("Service selects the key-resolve pods")
-		}
 		if got := containerNamed(t, d.Spec.Template.Spec.Containers, "server").Ports[0]; got.Name != "http" || got.ContainerPort != port {
 			t.Errorf("the Service's target port http is %+v in the server container, want port %d", got, port)
 		}
@@ -803,196 +787,5 @@ func TestServiceAccount(t *testing.T) {
 	}
 	if len(sa.Secrets) != 0 || len(sa.ImagePullSecrets) != 0 {
 		t.Errorf("ServiceAccount references Secrets: %v %v", sa.Secrets, sa.ImagePullSecrets)
-	}
-}
-
-func TestDataKeySecret(t *testing.T) {
-	dek := []byte("\x00\x01\x02 a 32-byte data key \xfe\xff.......")
-	if len(dek) != 32 {
-		t.Fatalf("test key has %d bytes", len(dek))
-	}
-	pm := model()
-	secret := asAPI[corev1.Secret](t, builder.DataKeySecret(pm, dek, "kek:0011223344556677"))
-	if secret.Name != "m-data-key" || secret.Namespace != testNamespace || builder.DataKeySecretName(pm) != "m-data-key" {
-		t.Errorf("Secret %s/%s, want %s/m-data-key", secret.Namespace, secret.Name, testNamespace)
-	}
-	if secret.Labels["modelguard.dev/data-key"] != "true" {
-		t.Errorf("labels %v lack modelguard.dev/data-key=true, so the operator's narrowed cache would not see it", secret.Labels)
-	}
-	if secret.Type != corev1.SecretTypeOpaque {
-		t.Errorf("type = %q, want Opaque", secret.Type)
-	}
-	want := map[string][]byte{"dek": []byte(base64.StdEncoding.EncodeToString(dek))}
-	if diff := cmp.Diff(want, secret.Data); diff != "" {
-		t.Errorf("data (-want +got):\n%s", diff)
-	}
-	if got, want := secret.Annotations[builder.AnnotationBundleFingerprint], builder.BundleFingerprint(&pm.Spec.Weights, "kek:0011223344556677"); got != want {
-		t.Errorf("bundle fingerprint annotation = %q, want %q", got, want)
-	}
-	if len(secret.StringData) != 0 {
-		t.Errorf("stringData = %v, want none", secret.StringData)
-	}
-	// The key appears in the data and nowhere else: not in labels or
-	// annotations, in no form.
-	meta, err := json.Marshal(secret.ObjectMeta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, form := range []string{string(dek), hex.EncodeToString(dek), base64.StdEncoding.EncodeToString(dek), base64.RawURLEncoding.EncodeToString(dek)} {
-		if strings.Contains(string(meta), form) {
-			t.Errorf("the Secret's metadata contains the key (%q)", form)
-		}
-	}
-}
-
-func TestKeyResolveJob(t *testing.T) {
-	pm := model(func(w *builders.ProtectedModelWrapper) {
-		w.VolumeSource("sealed", "models/v3").GPUs(8).GPUProducts("NVIDIA-H100-80GB-HBM3").GPUMinMemoryMiB(81920).
-			PriorityClass("inference").
-			Toleration(corev1.Toleration{Key: "dedicated", Operator: corev1.TolerationOpExists})
-	})
-	job := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1)))
-	if job.Name != builder.KeyResolveJobName(pm, servingFacts(1)) || job.Namespace != testNamespace {
-		t.Errorf("Job %s/%s, want %s/%s", job.Namespace, job.Name, testNamespace, builder.KeyResolveJobName(pm, servingFacts(1)))
-	}
-	wantSpec := batchv1.JobSpec{
-		BackoffLimit:          ptr.To[int32](2),
-		ActiveDeadlineSeconds: ptr.To[int64](300),
-		Template: corev1.PodTemplateSpec{
-			ObjectMeta: job.Spec.Template.ObjectMeta, // checked by the ownership sweep
-			Spec: corev1.PodSpec{
-				ServiceAccountName:           "m",
-				AutomountServiceAccountToken: ptr.To(false),
-				EnableServiceLinks:           ptr.To(false),
-				RestartPolicy:                corev1.RestartPolicyNever,
-				SecurityContext: &corev1.PodSecurityContext{
-					RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532), RunAsGroup: ptr.To[int64](65532), FSGroup: ptr.To[int64](65532),
-					SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-				},
-				// No affinity, tolerations or priority: the pod needs no GPU.
-				Containers: []corev1.Container{{
-					Name:            "key-resolve",
-					Image:           unsealImage,
-					ImagePullPolicy: corev1.PullIfNotPresent,
-					Command:         []string{"/modelguard", "resolve-key", bundleMount + "/models/v3"},
-					SecurityContext: hardenedContainer(),
-					// The operator parses the message the command writes.
-					TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
-					Resources: corev1.ResourceRequirements{
-						Requests: corev1.ResourceList{corev1.ResourceCPU: mustQuantity("10m"), corev1.ResourceMemory: mustQuantity("32Mi")},
-						Limits:   corev1.ResourceList{corev1.ResourceMemory: mustQuantity("128Mi")},
-					},
-					VolumeMounts: []corev1.VolumeMount{{Name: "bundle", MountPath: bundleMount, ReadOnly: true}},
-				}},
-				Volumes: []corev1.Volume{{Name: "bundle", VolumeSource: corev1.VolumeSource{
-					PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "sealed", ReadOnly: true}}}},
-			},
-		},
-	}
-	if diff := cmp.Diff(wantSpec, job.Spec, quantities); diff != "" {
-		t.Errorf("Job spec (-want +got):\n%s", diff)
-	}
-	wantLabels := map[string]string{
-		"app.kubernetes.io/managed-by": "modelguard", "app.kubernetes.io/name": "m",
-		"modelguard.dev/model": "m", "modelguard.dev/protected": "true", "modelguard.dev/component": "key-resolve",
-	}
-	if diff := cmp.Diff(wantLabels, job.Labels); diff != "" {
-		t.Errorf("Job labels (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(wantLabels, job.Spec.Template.Labels); diff != "" {
-		t.Errorf("pod template labels (-want +got):\n%s", diff)
-	}
-}
-
-func TestKeyResolveJobKeepsRuntimeClass(t *testing.T) {
-	// A confidential runtime protects the pod that reads the bundle too.
-	pm := model(func(w *builders.ProtectedModelWrapper) { w.RuntimeClass("kata-cc").GPUs(1) })
-	job := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1)))
-	if diff := cmp.Diff(ptr.To("kata-cc"), job.Spec.Template.Spec.RuntimeClassName); diff != "" {
-		t.Errorf("runtimeClassName (-want +got):\n%s", diff)
-	}
-	if job.Spec.Template.Spec.Tolerations != nil || job.Spec.Template.Spec.Affinity != nil {
-		t.Error("key-resolve pod carries GPU scheduling constraints")
-	}
-}
-
-func TestKeyResolveJobName(t *testing.T) {
-	longName := "m" + strings.Repeat("x", 49)
-	long := model(func(w *builders.ProtectedModelWrapper) { w.Name = longName })
-	name := builder.KeyResolveJobName(long, servingFacts(1))
-	if len(longName) != 50 {
-		t.Fatalf("test model name has %d characters, want the API's maximum of 50", len(longName))
-	}
-	// The Job controller copies the name into a pod label, so it must be a
-	// DNS label.
-	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
-		t.Errorf("Job name %q (%d characters): %v", name, len(name), errs)
-	}
-	if !strings.HasPrefix(name, longName) {
-		t.Errorf("Job name %q does not start with the model's name", name)
-	}
-
-	base := builder.KeyResolveJobName(model(), servingFacts(1))
-	tests := []struct {
-		name   string
-		pm     *mlv1alpha1.ProtectedModel
-		facts  builder.ProtectedModelFacts
-		change bool
-	}{
-		{"same", model(), servingFacts(1), false},
-		{"bundle path", model(func(w *builders.ProtectedModelWrapper) { w.VolumeSource(builders.DefaultClaimName, "v4") }), servingFacts(1), true},
-		{"https source", model(func(w *builders.ProtectedModelWrapper) { w.HTTPSource("https://models.example.com/v3/") }), servingFacts(1), true},
-		{"digest", model(func(w *builders.ProtectedModelWrapper) { w.Digest(otherDigest) }), servingFacts(1), true},
-		{"unseal image", model(), builder.ProtectedModelFacts{UnsealImage: "registry.example.com/modelguard/modelguard:v0.2.0", Replicas: 1}, true},
-		{"replicas and data key are not in the Job", model(func(w *builders.ProtectedModelWrapper) { w.Replicas(3) }), builder.ProtectedModelFacts{UnsealImage: unsealImage}, false},
-		{"server settings are not in the Job", model(func(w *builders.ProtectedModelWrapper) { w.Image("registry.example.com/x:2").Port(9000).GPUs(2) }), servingFacts(1), false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := builder.KeyResolveJobName(tc.pm, tc.facts)
-			if changed := got != base; changed != tc.change {
-				t.Errorf("Job name %s -> %s: changed = %v, want %v", base, got, changed, tc.change)
-			}
-		})
-	}
-}
-
-// TestKeyResolveJobNameCoversItsTemplate checks that two Jobs with the same
-// name never differ in their pod template: the API server refuses any change
-// to a Job's template, so such a spec change would fail every reconcile.
-func TestKeyResolveJobNameCoversItsTemplate(t *testing.T) {
-	edits := map[string]func(*builders.ProtectedModelWrapper){
-		"base":            func(w *builders.ProtectedModelWrapper) {},
-		"other claim":     func(w *builders.ProtectedModelWrapper) { w.VolumeSource("another-claim", "") },
-		"runtime class":   func(w *builders.ProtectedModelWrapper) { w.RuntimeClass("kata-cc") },
-		"license":         func(w *builders.ProtectedModelWrapper) { w.License("Apache-2.0") },
-		"copyright":       func(w *builders.ProtectedModelWrapper) { w.Copyright("Copyright 2026 Acme Corp") },
-		"classification":  func(w *builders.ProtectedModelWrapper) { w.Classification(mlv1alpha1.ClassificationInternal) },
-		"patents":         func(w *builders.ProtectedModelWrapper) { w.Patents("US1234567") },
-		"digest":          func(w *builders.ProtectedModelWrapper) { w.Digest(otherDigest) },
-		"gpu":             func(w *builders.ProtectedModelWrapper) { w.GPUs(2).GPUProducts("NVIDIA-L4") },
-		"server replicas": func(w *builders.ProtectedModelWrapper) { w.Replicas(4) },
-	}
-	names := make([]string, 0, len(edits))
-	for name := range edits {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	templates := map[string]string{} // Job name -> pod template
-	owners := map[string]string{}
-	for _, name := range names {
-		pm := model(edits[name])
-		job := asAPI[batchv1.Job](t, builder.KeyResolveJob(pm, servingFacts(1)))
-		template, err := json.Marshal(job.Spec.Template)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if earlier, ok := templates[job.Name]; ok {
-			if earlier != string(template) {
-				t.Errorf("specs %q and %q give Job %s different pod templates", owners[job.Name], name, job.Name)
-			}
-			continue
-		}
-		templates[job.Name], owners[job.Name] = string(template), name
 	}
 }

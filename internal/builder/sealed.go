@@ -12,28 +12,47 @@ import (
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
-// Paths and names inside generated pods. The unseal container and the
-// key-resolve container run the modelguard binary of the operator's image.
+// Paths and names inside generated pods. The unseal container runs the
+// modelguard binary of the operator's image.
 const (
 	ModelguardBinary = "/modelguard"
 
-	DataKeySecretKey = "dek"
-	dataKeyMountPath = "/var/run/modelguard/data-key"
-	bundleMountPath  = "/var/run/modelguard/bundle"
-	plaintextMount   = "/var/run/modelguard/model"
+	bundleMountPath = "/var/run/modelguard/bundle"
+	plaintextMount  = "/var/run/modelguard/model"
 
 	volumePlaintext = "model"
-	volumeDataKey   = "data-key"
 	volumeBundle    = "bundle"
 	volumeTmp       = "tmp"
 )
+
+// KeyRelease is how the unseal container reaches the operator's key-release
+// service. The controller resolves it (the CA bundle rotates) and the
+// key-release verifier builds with the same value, so that a pod it checks
+// is compared with exactly what the controller applied.
+type KeyRelease struct {
+	// URL is the service's https URL, e.g.
+	// "https://modelguard-key-release.modelguard-system.svc".
+	URL string
+	// CABundle is the PEM bundle of the CAs the unseal container trusts. It
+	// is in the pod spec (env), not in a ConfigMap a tenant could edit to
+	// point the pod, and its token, at a server of their own.
+	CABundle string
+	// Namespace is the operator's namespace: the NetworkPolicy lets the
+	// workload's pods reach the manager pods there on the key-release port.
+	Namespace string
+}
+
+// Ready reports whether the endpoint is known, CA bundle included; until it
+// is, no pod is started (fail closed).
+func (k KeyRelease) Ready() bool {
+	return k.URL != "" && k.CABundle != "" && k.Namespace != ""
+}
 
 // unsealOverhead is the memory the unseal process itself needs beside the
 // plaintext it writes into tmpfs (which is charged to its cgroup).
 var unsealOverhead = resource.MustParse("128Mi")
 
-// BundleLocation is where the unseal and key-resolve containers read the
-// sealed bundle: a path in the mounted claim, or the https URL.
+// BundleLocation is where the unseal container reads the sealed bundle: a path in the mounted claim, or the https URL.
 func BundleLocation(weights *mlv1alpha1.SealedWeights) string {
 	src := weights.Source
 	switch {
@@ -74,16 +93,28 @@ func plaintextVolume(weights *mlv1alpha1.SealedWeights) *corev1ac.VolumeApplyCon
 		WithSizeLimit(weights.Memory))
 }
 
-// dataKeyVolume holds the unwrapped data key, for the unseal container only.
-func dataKeyVolume(secretName string) *corev1ac.VolumeApplyConfiguration {
-	return corev1ac.Volume().WithName(volumeDataKey).WithSecret(corev1ac.SecretVolumeSource().
-		WithSecretName(secretName).
-		WithDefaultMode(0o400))
+// keyReleaseTokenVolume is the projected ServiceAccount token that the
+// unseal container alone mounts: its audience is the key-release service
+// only, so it opens nothing at the API server, and it expires quickly.
+func keyReleaseTokenVolume() *corev1ac.VolumeApplyConfiguration {
+	return corev1ac.Volume().WithName(mlv1alpha1.KeyReleaseTokenVolume).WithProjected(corev1ac.ProjectedVolumeSource().
+		WithDefaultMode(0o400).
+		WithSources(corev1ac.VolumeProjection().WithServiceAccountToken(corev1ac.ServiceAccountTokenProjection().
+			WithAudience(mlv1alpha1.KeyReleaseAudience).
+			WithExpirationSeconds(mlv1alpha1.KeyReleaseTokenSeconds).
+			WithPath(mlv1alpha1.KeyReleaseTokenFile))))
 }
 
-// unsealContainer decrypts the bundle into the plaintext volume and checks
-// the digest; it alone mounts the data key.
-func unsealContainer(weights *mlv1alpha1.SealedWeights, image string) *corev1ac.ContainerApplyConfiguration {
+// ModelRef names a workload as the key-release protocol does:
+// "Kind/namespace/name".
+func ModelRef(w Workload) string {
+	return w.Kind + "/" + w.Namespace + "/" + w.Name
+}
+
+// unsealContainer asks the key-release service for the bundle's data key,
+// decrypts the bundle into the plaintext volume and checks the digest. It
+// alone mounts the key-release token; it never sees a key-encryption key.
+func unsealContainer(w Workload, weights *mlv1alpha1.SealedWeights, image string, kr KeyRelease) *corev1ac.ContainerApplyConfiguration {
 	// tmpfs pages are charged to the cgroup of the process that writes them,
 	// so the unseal container must be allowed the whole plaintext.
 	memory := weights.Memory.DeepCopy()
@@ -93,10 +124,17 @@ func unsealContainer(weights *mlv1alpha1.SealedWeights, image string) *corev1ac.
 		WithImage(image).
 		WithImagePullPolicy(corev1.PullIfNotPresent).
 		WithCommand(ModelguardBinary, "unseal",
-			"--dek-file", path.Join(dataKeyMountPath, DataKeySecretKey),
+			"--key-release", kr.URL,
+			"--model", ModelRef(w),
+			"--token-file", path.Join(mlv1alpha1.KeyReleaseTokenDir, mlv1alpha1.KeyReleaseTokenFile),
 			"--expect-digest", weights.Digest,
 			"--progress", "log",
 			BundleLocation(weights), plaintextMount).
+		WithEnv(
+			corev1ac.EnvVar().WithName(mlv1alpha1.EnvKeyReleaseCA).WithValue(kr.CABundle),
+			corev1ac.EnvVar().WithName(mlv1alpha1.EnvPodUID).WithValueFrom(corev1ac.EnvVarSource().
+				WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.uid"))),
+		).
 		WithSecurityContext(hardenedContainerSecurityContext()).
 		WithTerminationMessagePolicy(corev1.TerminationMessageFallbackToLogsOnError).
 		WithResources(corev1ac.ResourceRequirements().
@@ -104,46 +142,15 @@ func unsealContainer(weights *mlv1alpha1.SealedWeights, image string) *corev1ac.
 			WithLimits(corev1.ResourceList{corev1.ResourceMemory: memory})).
 		WithVolumeMounts(append([]*corev1ac.VolumeMountApplyConfiguration{
 			corev1ac.VolumeMount().WithName(volumePlaintext).WithMountPath(plaintextMount),
-			corev1ac.VolumeMount().WithName(volumeDataKey).WithMountPath(dataKeyMountPath).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(mlv1alpha1.KeyReleaseTokenVolume).WithMountPath(mlv1alpha1.KeyReleaseTokenDir).WithReadOnly(true),
 		}, bundleMounts(weights)...)...)
 }
 
-// keyResolveContainer reads the bundle's manifest, which is not secret, and
-// reports its wrapped data key and model digest in its termination message.
-func keyResolveContainer(weights *mlv1alpha1.SealedWeights, image string) *corev1ac.ContainerApplyConfiguration {
-	return corev1ac.Container().
-		WithName(mlv1alpha1.ContainerKeyResolve).
-		WithImage(image).
-		WithImagePullPolicy(corev1.PullIfNotPresent).
-		WithCommand(ModelguardBinary, "resolve-key", BundleLocation(weights)).
-		WithSecurityContext(hardenedContainerSecurityContext()).
-		WithTerminationMessagePolicy(corev1.TerminationMessageFallbackToLogsOnError).
-		WithResources(corev1ac.ResourceRequirements().
-			WithRequests(corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")}).
-			WithLimits(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")})).
-		WithVolumeMounts(bundleMounts(weights)...)
-}
-
-// BundleFingerprint identifies a data key's provenance: the bundle location,
-// the expected digest, the key reference and the KEK's ID (a fingerprint, not
-// key material). While any of them is unchanged, a data key unwrapped before
-// stays valid, so the workload keeps running while a new key-resolve Job
-// runs, e.g. after an ownership edit or an operator upgrade.
-func BundleFingerprint(weights *mlv1alpha1.SealedWeights, kekID string) string {
-	return fingerprint(16, BundleLocation(weights), weights.Digest, keyReference(weights.Key), kekID)
-}
-
-// DataKeyHash fingerprints a data key for the pod template, so that a new key
-// rolls the pods without putting key bytes in the template.
-func DataKeyHash(dek []byte) string {
-	sum := sha256.Sum256(append([]byte("modelguard data-key fingerprint\x00"), dek...))
-	return hex.EncodeToString(sum[:8])
-}
-
-// sealedConfigHash changes when the key reference, data key, digest or bundle
-// changes, which rolls the pods.
-func sealedConfigHash(weights *mlv1alpha1.SealedWeights, dataKeyHash string) string {
-	return fingerprint(8, weights.Digest, dataKeyHash, keyReference(weights.Key), BundleLocation(weights))
+// sealedConfigHash changes when the ModelKey, digest or bundle changes, which
+// rolls the pods: a pod unsealed under the old key reference must not keep
+// serving as if it had been verified under the new one.
+func sealedConfigHash(weights *mlv1alpha1.SealedWeights) string {
+	return fingerprint(8, weights.Digest, weights.Key.ModelKey, BundleLocation(weights))
 }
 
 // fingerprint hashes NUL-separated parts into size bytes of hex.
@@ -154,16 +161,4 @@ func fingerprint(size int, parts ...string) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:size])
-}
-
-func keyReference(k mlv1alpha1.KeySource) string {
-	switch {
-	case k.SecretRef != nil:
-		return "secret/" + k.SecretRef.Name + "/" + k.SecretRef.Key
-	case k.AWSKMS != nil:
-		return "awskms/" + k.AWSKMS.KeyID
-	case k.VaultTransit != nil:
-		return "vault/" + k.VaultTransit.Address + "/" + k.VaultTransit.KeyName
-	}
-	return ""
 }

@@ -24,13 +24,11 @@ import (
 // Wire names that callers of the builders used before they moved to the API
 // package, where the admission guard and the key service read them too.
 const (
-	LabelComponent      = mlv1alpha1.LabelComponent
-	ComponentServer     = mlv1alpha1.ComponentServer
-	ComponentKeyResolve = mlv1alpha1.ComponentKeyResolve
+	LabelComponent  = mlv1alpha1.LabelComponent
+	ComponentServer = mlv1alpha1.ComponentServer
 
-	UnsealContainerName     = mlv1alpha1.ContainerUnseal
-	ServerContainerName     = mlv1alpha1.ContainerServer
-	KeyResolveContainerName = mlv1alpha1.ContainerKeyResolve
+	UnsealContainerName = mlv1alpha1.ContainerUnseal
+	ServerContainerName = mlv1alpha1.ContainerServer
 )
 
 // Workload is what every builder needs to know of a ProtectedModel or a
