@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -28,4 +29,29 @@ func KeyPermits(mk *mlv1alpha1.ModelKey, ns *corev1.Namespace) (bool, string) {
 		return false, fmt.Sprintf("ModelKey %s does not select namespace %s (spec.namespaceSelector: %s)", mk.Name, ns.Name, selector)
 	}
 	return true, ""
+}
+
+// ModelKeyUsable is the one answer to "may a workload in ns use ModelKey
+// name now?", shared by the controllers (KeyAvailable) and the key-release
+// verifier, so that a model is never shown as able to get its key while key
+// release would refuse it, or the reverse. mk is nil when the ModelKey does
+// not exist. It returns "" when the key is usable, else the reason
+// (ModelKeyNotFound, ModelKeyNotReady or KeyNotPermitted) and a message that
+// names the ModelKey.
+func ModelKeyUsable(name string, mk *mlv1alpha1.ModelKey, ns *corev1.Namespace) (reason, message string) {
+	if mk == nil {
+		return mlv1alpha1.ReasonModelKeyNotFound, fmt.Sprintf("ModelKey %s does not exist", name)
+	}
+	ready := meta.FindStatusCondition(mk.Status.Conditions, mlv1alpha1.ConditionReady)
+	if ready == nil || ready.Status != metav1.ConditionTrue || ready.ObservedGeneration != mk.Generation {
+		why := "its self-test has not run for its current spec"
+		if ready != nil && ready.Status == metav1.ConditionFalse {
+			why = ready.Reason + ": " + ready.Message
+		}
+		return mlv1alpha1.ReasonModelKeyNotReady, fmt.Sprintf("ModelKey %s is not Ready: %s", name, why)
+	}
+	if ok, msg := KeyPermits(mk, ns); !ok {
+		return mlv1alpha1.ReasonKeyNotPermitted, msg
+	}
+	return "", ""
 }

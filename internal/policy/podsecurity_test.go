@@ -25,7 +25,8 @@ func testModel(edits ...func(*builders.ProtectedModelWrapper)) *mlv1alpha1.Prote
 }
 
 func servingFacts() builder.ProtectedModelFacts {
-	return builder.ProtectedModelFacts{UnsealImage: testUnsealImage, Replicas: 2, DataKeyHash: builder.DataKeyHash(make([]byte, 32))}
+	return builder.ProtectedModelFacts{UnsealImage: testUnsealImage, Replicas: 2, KeyRelease: builder.KeyRelease{
+		URL: "https://modelguard-key-release.modelguard-system.svc", CABundle: "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n", Namespace: "modelguard-system"}}
 }
 
 // TestGeneratedPodsPassRestricted runs every pod template the builders make,
@@ -52,7 +53,6 @@ func TestGeneratedPodsPassRestricted(t *testing.T) {
 		templates := map[string]*corev1ac.PodTemplateSpecApplyConfiguration{
 			"Deployment":         builder.Deployment(pm, servingFacts()).Spec.Template,
 			"Deployment at zero": builder.Deployment(pm, builder.ProtectedModelFacts{UnsealImage: testUnsealImage}).Spec.Template,
-			"key-resolve Job":    builder.KeyResolveJob(pm, servingFacts()).Spec.Template,
 		}
 		for kind, template := range templates {
 			t.Run(name+"/"+kind, func(t *testing.T) {

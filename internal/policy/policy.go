@@ -30,11 +30,9 @@ func (c Chain) Evaluate(f Facts) (reason, message string, failed bool) {
 type Facts struct {
 	// KeyReason and KeyMessage explain why the key is not available.
 	KeyReason, KeyMessage string
-	// BundleReason and BundleMessage explain why the sealed bundle could not
-	// be read or does not match the spec.
-	BundleReason, BundleMessage string
-	// KeyUnwrapped is true once the data key was unwrapped.
-	KeyUnwrapped bool
+	// KeyReleaseReady is true once the key-release service's endpoint and
+	// CA bundle are known, so that the unseal container can get its key.
+	KeyReleaseReady bool
 	// MemoryCoversWeights is false when the pod's memory limit leaves too
 	// little room for the plaintext weights held in tmpfs.
 	MemoryCoversWeights bool

@@ -44,7 +44,7 @@ func TestChainReturnsTheFirstFailure(t *testing.T) {
 }
 
 func TestServingAndStalledChains(t *testing.T) {
-	serving := policy.Facts{KeyUnwrapped: true, MemoryCoversWeights: true, PolicyApplied: true}
+	serving := policy.Facts{KeyReleaseReady: true, MemoryCoversWeights: true, PolicyApplied: true}
 	with := func(edit func(*policy.Facts)) policy.Facts {
 		f := serving
 		edit(&f)
@@ -59,28 +59,21 @@ func TestServingAndStalledChains(t *testing.T) {
 		name:  "everything holds",
 		facts: serving,
 	}, {
-		name: "key failure before bundle failure and memory",
+		name: "key failure before memory",
 		facts: with(func(f *policy.Facts) {
-			f.KeyReason, f.KeyMessage, f.BundleReason, f.MemoryCoversWeights = "SecretNotFound", "no Secret", "BundleTampered", false
+			f.KeyReason, f.KeyMessage, f.MemoryCoversWeights = "KeyNotPermitted", "ModelKey models does not select namespace nlp", false
 		}),
-		stalled: verdict{"SecretNotFound", "no Secret", true},
-		serve:   verdict{"SecretNotFound", "no Secret", true},
-	}, {
-		name: "bundle failure before memory",
-		facts: with(func(f *policy.Facts) {
-			f.BundleReason, f.BundleMessage, f.MemoryCoversWeights = "DigestMismatch", "other model", false
-		}),
-		stalled: verdict{"DigestMismatch", "other model", true},
-		serve:   verdict{"DigestMismatch", "other model", true},
+		stalled: verdict{"KeyNotPermitted", "ModelKey models does not select namespace nlp", true},
+		serve:   verdict{"KeyNotPermitted", "ModelKey models does not select namespace nlp", true},
 	}, {
 		name:    "memory too small",
 		facts:   with(func(f *policy.Facts) { f.MemoryCoversWeights = false }),
 		stalled: verdict{mlv1alpha1.ReasonMemoryTooSmall, memory, true},
 		serve:   verdict{mlv1alpha1.ReasonMemoryTooSmall, memory, true},
 	}, {
-		name:  "key still resolving: not stalled, not serving",
-		facts: with(func(f *policy.Facts) { f.KeyUnwrapped = false }),
-		serve: verdict{mlv1alpha1.ReasonProgressing, "the data key is not unwrapped yet", true},
+		name:  "key release not ready yet: not stalled, not serving",
+		facts: with(func(f *policy.Facts) { f.KeyReleaseReady = false }),
+		serve: verdict{mlv1alpha1.ReasonProgressing, "the key-release service's endpoint and CA bundle are not known yet", true},
 	}, {
 		name:  "no NetworkPolicy yet",
 		facts: with(func(f *policy.Facts) { f.PolicyApplied = false }),
@@ -100,7 +93,7 @@ func TestServingAndStalledChains(t *testing.T) {
 			}
 		})
 	}
-	if len(policy.Stalled) != 3 {
+	if len(policy.Stalled) != 2 {
 		t.Errorf("building Serving changed Stalled: %d checks", len(policy.Stalled))
 	}
 }

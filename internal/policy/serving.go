@@ -8,23 +8,19 @@ import (
 
 // Stalled are the failures that need a person to act: the workload is held
 // at zero pods until the spec or the key is fixed.
-var Stalled = Chain{KeyFailed, BundleFailed, MemoryTooSmall}
+var Stalled = Chain{KeyFailed, MemoryTooSmall}
 
 // Serving decides whether a ProtectedModel may serve: nothing stalls it, its
-// data key is unwrapped, its NetworkPolicy is in place and its pods pass Pod
-// Security "restricted". Anything else fails closed.
+// ModelKey may be used, key release is ready, its NetworkPolicy is in place
+// and its pods pass Pod Security "restricted". Anything else fails closed.
+// Whether the bundle opens and holds the pinned model is found by the unseal
+// container and reported in WeightsVerified.
 var Serving = append(Stalled[:len(Stalled):len(Stalled)], KeyPending, PolicyMissing, PodSecurityViolated)
 
-// KeyFailed fails when the key-encryption key could not be loaded or did not
-// unwrap the data key.
+// KeyFailed fails when the workload's ModelKey is missing, not Ready, or does
+// not select its namespace.
 func KeyFailed(f Facts) (string, string, bool) {
 	return f.KeyReason, f.KeyMessage, f.KeyReason != ""
-}
-
-// BundleFailed fails when the bundle could not be read or holds another
-// model.
-func BundleFailed(f Facts) (string, string, bool) {
-	return f.BundleReason, f.BundleMessage, f.BundleReason != ""
 }
 
 // MemoryTooSmall fails when the plaintext weights would not fit the pod's
@@ -35,9 +31,10 @@ func MemoryTooSmall(f Facts) (string, string, bool) {
 		!f.MemoryCoversWeights
 }
 
-// KeyPending fails while the data key is still being resolved.
+// KeyPending fails until the key-release service is ready to be called: no
+// pod starts that could not get its key.
 func KeyPending(f Facts) (string, string, bool) {
-	return mlv1alpha1.ReasonProgressing, "the data key is not unwrapped yet", !f.KeyUnwrapped
+	return mlv1alpha1.ReasonProgressing, "the key-release service's endpoint and CA bundle are not known yet", !f.KeyReleaseReady
 }
 
 // PolicyMissing fails until the default-deny NetworkPolicy exists, so that no
