@@ -25,19 +25,12 @@ func set(conditions *[]metav1.Condition, gen int64, conditionType string, s meta
 }
 
 func setKeyAvailableCondition(conditions *[]metav1.Condition, gen int64, k keyState) {
-	switch {
-	case k.KeyReason != "":
+	if k.KeyReason != "" {
 		set(conditions, gen, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, k.KeyReason, k.KeyMessage)
-	case k.DEK != nil:
-		set(conditions, gen, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
-			"the key-encryption key unwrapped the bundle's data key; only the unseal init container receives it")
-	case k.BundleReason != "":
-		set(conditions, gen, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
-			"the data key cannot be unwrapped until the bundle's manifest is read: see WeightsVerified")
-	default:
-		set(conditions, gen, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
-			"reading the bundle's manifest with a key-resolve Job")
+		return
 	}
+	set(conditions, gen, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable,
+		fmt.Sprintf("ModelKey %s is Ready for this namespace; the data key is released only to the verified unseal containers of this model's pods", k.ModelKey))
 }
 
 func setWeightsEncryptedCondition(conditions *[]metav1.Condition, gen int64, bundleLocation string) {
@@ -46,12 +39,8 @@ func setWeightsEncryptedCondition(conditions *[]metav1.Condition, gen int64, bun
 }
 
 // setWeightsVerifiedCondition reports what the unseal init containers of the
-// workload's own pods said, or a bundle problem the operator found first.
+// workload's own pods said.
 func setWeightsVerifiedCondition(conditions *[]metav1.Condition, gen int64, k keyState, pods []corev1.Pod) {
-	if k.BundleReason != "" {
-		set(conditions, gen, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, k.BundleReason, k.BundleMessage)
-		return
-	}
 	verified, format := false, 0
 	for i := range pods {
 		message, code, done := terminated(pods[i].Status.InitContainerStatuses, mlv1alpha1.ContainerUnseal)
@@ -81,7 +70,7 @@ func setWeightsVerifiedCondition(conditions *[]metav1.Condition, gen int64, k ke
 		return
 	}
 	if c := meta.FindStatusCondition(*conditions, mlv1alpha1.ConditionWeightsVerified); c != nil &&
-		c.Status == metav1.ConditionTrue && len(pods) == 0 && k.DEK != nil {
+		c.Status == metav1.ConditionTrue && len(pods) == 0 && k.KeyReason == "" {
 		// Verified pods were scaled away; the bundle and digest are unchanged.
 		c.ObservedGeneration = gen
 		return

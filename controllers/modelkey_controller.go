@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -153,4 +154,16 @@ func (r *ModelKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&mlv1alpha1.ModelKey{}).
 		Named("modelkey").
 		Complete(r)
+}
+
+// uncachedSecrets reads Secrets through reader, the manager's uncached API
+// reader, so that KEK Secrets are never watched or cached.
+func uncachedSecrets(reader client.Reader) keys.SecretGetter {
+	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+		secret := &corev1.Secret{}
+		if err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
+			return nil, err
+		}
+		return secret, nil
+	}
 }

@@ -2,11 +2,9 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,34 +25,33 @@ import (
 	"github.com/modelguard/modelguard/internal/policy"
 )
 
-// keyRetryInterval is how often a model whose key Secret is missing or wrong
-// is looked at again: the manager does not watch Secrets it does not own.
-const keyRetryInterval = 30 * time.Second
-
 // ProtectedModelReconciler turns a ProtectedModel into a hardened, isolated,
-// GPU-scheduled Deployment that decrypts sealed weights into memory.
+// GPU-scheduled Deployment whose unseal init container gets the data key from
+// the key-release service and decrypts sealed weights into memory. It never
+// reads a Secret or holds a key.
 type ProtectedModelReconciler struct {
 	client.Client
-	// APIReader reads key Secrets without caching them.
-	APIReader   client.Reader
 	Recorder    events.EventRecorder
 	UnsealImage string
 	// DefaultGPUTolerations are added to every pod that asks for a GPU.
 	DefaultGPUTolerations []corev1.Toleration
+	// KeyRelease returns the key-release endpoint with the current CA
+	// bundle. Until it is Ready, models are held at zero pods.
+	KeyRelease func() children.KeyRelease
 }
 
 // +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels,verbs=get;list;watch
 // +kubebuilder:rbac:groups=ml.modelguard.dev,resources=protectedmodels/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
-// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=core,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=core,resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups=core,resources=namespaces,verbs=get;list;watch
+// +kubebuilder:rbac:groups=ml.modelguard.dev,resources=modelkeys,verbs=get;list;watch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;update;patch;delete
 
-// Reconcile resolves the data key, applies the children, reads back what is
-// in force, and writes the status once.
+// Reconcile checks the model's ModelKey, applies the children, reads back
+// what is in force, and writes the status once.
 func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	pm := &mlv1alpha1.ProtectedModel{}
 	if err := r.Get(ctx, req.NamespacedName, pm); err != nil {
@@ -65,21 +62,18 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, nil // Owner references garbage-collect the children.
 	}
 
-	live := newModelChildren(pm)
-	// The key-resolve Job's pod runs as the model's ServiceAccount and is
-	// selected by its NetworkPolicy: both exist before the Job, so that its
-	// pod is neither rejected for a missing account nor ever unisolated.
+	facts := r.Facts()
+	live := newModelChildren(pm, facts)
+	// The ServiceAccount and the NetworkPolicy exist before any pod, so that
+	// no pod is ever rejected for a missing account or runs unisolated.
 	if err := r.applyIdentityAndIsolation(ctx, pm, live); err != nil {
 		return ctrl.Result{}, err
 	}
-	key, err := r.resolveKey(ctx, pm)
+	key, err := r.modelKeyState(ctx, pm, facts.KeyRelease.Ready())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	obs, err := r.applyChildren(ctx, pm, key, live)
-	// Zero the key as soon as the Secret is applied; obs keeps only the fact
-	// that one was unwrapped.
-	clear(key.DEK)
+	obs, err := r.applyChildren(ctx, pm, key, facts, live)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -99,11 +93,17 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 		return ctrl.Result{}, err
 	}
-	if obs.Key.KeyReason != "" {
-		return ctrl.Result{RequeueAfter: keyRetryInterval}, nil
+	if !key.KeyReleaseReady {
+		// The certificate is issued by a runnable of this manager, which no
+		// watch reports: look again shortly.
+		return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, nil
 	}
 	return ctrl.Result{}, nil
 }
+
+// keyReleaseRetryInterval is how often a model waits for the key-release
+// certificate when it is not known yet.
+const keyReleaseRetryInterval = 5 * time.Second
 
 // modelChildren are the live children of a model as the reconcile observed
 // them, and what was built for them.
@@ -116,12 +116,12 @@ type modelChildren struct {
 	desiredDeployment *appsv1ac.DeploymentApplyConfiguration
 }
 
-func newModelChildren(pm *mlv1alpha1.ProtectedModel) *modelChildren {
+func newModelChildren(pm *mlv1alpha1.ProtectedModel, facts children.ProtectedModelFacts) *modelChildren {
 	meta := objectMeta(pm.Namespace, pm.Name)
 	return &modelChildren{
 		serviceAccount: &corev1.ServiceAccount{ObjectMeta: meta},
 		policy:         &networkingv1.NetworkPolicy{ObjectMeta: meta},
-		desiredPolicy:  children.ModelNetworkPolicy(pm),
+		desiredPolicy:  children.ModelNetworkPolicy(pm, facts.KeyRelease.Namespace),
 		service:        &corev1.Service{ObjectMeta: meta},
 		deployment:     &appsv1.Deployment{ObjectMeta: meta},
 	}
@@ -137,13 +137,11 @@ func (m *modelChildren) workloadChildren(pm *mlv1alpha1.ProtectedModel) workload
 	if err != nil {
 		panic(err)
 	}
-	keyResolve := &corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{
-		Labels: children.PodLabels(children.ForProtectedModel(pm), mlv1alpha1.ComponentKeyResolve)}}
 	return workloadChildren{
 		Workload:      children.ForProtectedModel(pm),
 		Policy:        m.policy,
 		DesiredPolicy: desiredPolicy,
-		Templates:     map[string]*corev1.PodTemplateSpec{mlv1alpha1.ComponentServer: server, mlv1alpha1.ComponentKeyResolve: keyResolve},
+		Templates:     map[string]*corev1.PodTemplateSpec{mlv1alpha1.ComponentServer: server},
 		Component:     mlv1alpha1.ComponentServer,
 		Controller:    m.deployment,
 		Managed:       []client.Object{m.service, m.serviceAccount},
@@ -165,13 +163,12 @@ func (r *ProtectedModelReconciler) applyIdentityAndIsolation(ctx context.Context
 // and the NetworkPolicy are in place (applyIdentityAndIsolation) so that no
 // pod ever runs without them; the Deployment is scaled to zero unless the
 // serving chain passes (fail closed).
-func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState, live *modelChildren) (observation, error) {
+func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState, facts children.ProtectedModelFacts, live *modelChildren) (observation, error) {
 	obs := observation{
 		Key:                 key,
 		MemoryCoversWeights: children.MemoryCoversWeights(pm),
 		DesiredReplicas:     children.Replicas(pm),
 		BundleLocation:      children.BundleLocation(&pm.Spec.Weights),
-		KeyProvider:         pm.Spec.Weights.Key.Provider(),
 		// applyIdentityAndIsolation applied it before anything else.
 		workloadFacts: workloadFacts{PolicyApplied: true},
 	}
@@ -181,22 +178,9 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 		return obs, err
 	}
 
-	facts := r.facts()
-	facts.Replicas = obs.DesiredReplicas
-	// The data key goes out only while the model may serve: a stalled model
-	// (e.g. too little memory for the plaintext) has none (fail closed).
-	if _, _, stalled := policy.Stalled.Evaluate(obs.policyFacts()); key.DEK != nil && !stalled {
-		facts.DataKeyHash = children.DataKeyHash(key.DEK)
-		if _, err := applyIfChanged(ctx, r.Client, &corev1.Secret{ObjectMeta: objectMeta(pm.Namespace, children.DataKeySecretName(pm))},
-			children.DataKeySecret(pm, key.DEK, key.KEKID), corev1ac.ExtractSecret, enforce); err != nil {
-			return obs, err
-		}
-	} else if err := r.revokeDataKey(ctx, pm); err != nil {
-		return obs, err
-	}
-
 	// The pod template is built once; only the replica count depends on
 	// whether the model may serve.
+	facts.Replicas = obs.DesiredReplicas
 	live.desiredDeployment = children.Deployment(pm, facts)
 	obs.PodSecurityViolations = policy.PodSecurityViolations(live.desiredDeployment.Spec.Template)
 	if _, _, failed := policy.Serving.Evaluate(obs.policyFacts()); failed {
@@ -209,22 +193,15 @@ func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1al
 	return obs, nil
 }
 
-// facts are the manager-wide inputs of every builder.
-func (r *ProtectedModelReconciler) facts() children.ProtectedModelFacts {
-	return children.ProtectedModelFacts{UnsealImage: r.UnsealImage, DefaultGPUTolerations: r.DefaultGPUTolerations}
-}
-
-// revokeDataKey deletes the data-key Secret when the key is no longer
-// available, so that no new pod can start with it.
-func (r *ProtectedModelReconciler) revokeDataKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) error {
-	secret := &corev1.Secret{ObjectMeta: objectMeta(pm.Namespace, children.DataKeySecretName(pm))}
-	if err := r.Get(ctx, client.ObjectKeyFromObject(secret), secret); err != nil {
-		return client.IgnoreNotFound(err)
+// Facts are the manager-wide inputs of every builder. The key-release
+// verifier builds with the same, so that it compares a pod with exactly the
+// template this controller applies.
+func (r *ProtectedModelReconciler) Facts() children.ProtectedModelFacts {
+	f := children.ProtectedModelFacts{UnsealImage: r.UnsealImage, DefaultGPUTolerations: r.DefaultGPUTolerations}
+	if r.KeyRelease != nil {
+		f.KeyRelease = r.KeyRelease()
 	}
-	if err := r.Delete(ctx, secret); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("revoking the data key: %w", err)
-	}
-	return nil
+	return f
 }
 
 func objectMeta(namespace, name string) metav1.ObjectMeta {
@@ -232,9 +209,9 @@ func objectMeta(namespace, name string) metav1.ObjectMeta {
 }
 
 // SetupWithManager watches ProtectedModels, every child kind, the pods of
-// models (for scheduling and unseal results), and every NetworkPolicy in
-// their namespaces: another policy that selects a model's pods can break its
-// isolation.
+// models (for scheduling and unseal results), every NetworkPolicy in their
+// namespaces (another policy that selects a model's pods can break its
+// isolation), ModelKeys and Namespaces (whether a model may use its key).
 func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	podToModel := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, obj client.Object) []reconcile.Request {
 		name, ok := obj.GetLabels()[mlv1alpha1.LabelModel]
@@ -248,9 +225,9 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
-		Owns(&corev1.Secret{}).
-		Owns(&batchv1.Job{}).
 		Watches(&networkingv1.NetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespace)).
+		Watches(&mlv1alpha1.ModelKey{}, handler.EnqueueRequestsFromMapFunc(r.modelsOfModelKey)).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespaceNamed)).
 		Watches(&corev1.Pod{}, podToModel).
 		Watches(&appsv1.ReplicaSet{}, podToModel).
 		Named("protectedmodel").
@@ -259,14 +236,35 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 
 // modelsInNamespace wakes every model in the object's namespace.
 func (r *ProtectedModelReconciler) modelsInNamespace(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.modelRequests(ctx, "in the namespace of "+obj.GetName(), func(*mlv1alpha1.ProtectedModel) bool { return true }, client.InNamespace(obj.GetNamespace()))
+}
+
+// modelsInNamespaceNamed wakes every model in the Namespace obj: its labels
+// decide which ModelKeys its models may use.
+func (r *ProtectedModelReconciler) modelsInNamespaceNamed(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.modelRequests(ctx, "in namespace "+obj.GetName(), func(*mlv1alpha1.ProtectedModel) bool { return true }, client.InNamespace(obj.GetName()))
+}
+
+// modelsOfModelKey wakes every model whose weights name the ModelKey obj.
+func (r *ProtectedModelReconciler) modelsOfModelKey(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.modelRequests(ctx, "of ModelKey "+obj.GetName(), func(pm *mlv1alpha1.ProtectedModel) bool {
+		return pm.Spec.Weights.Key.ModelKey == obj.GetName()
+	})
+}
+
+// modelRequests lists the models that opts select and keep accepts, as
+// reconcile requests; what names them for the log.
+func (r *ProtectedModelReconciler) modelRequests(ctx context.Context, what string, keep func(*mlv1alpha1.ProtectedModel) bool, opts ...client.ListOption) []reconcile.Request {
 	models := &mlv1alpha1.ProtectedModelList{}
-	if err := r.List(ctx, models, client.InNamespace(obj.GetNamespace())); err != nil {
-		logf.FromContext(ctx).Error(err, "Listing the models a NetworkPolicy may affect")
+	if err := r.List(ctx, models, opts...); err != nil {
+		logf.FromContext(ctx).Error(err, "Listing the models to reconcile", "models", what)
 		return nil
 	}
-	requests := make([]reconcile.Request, 0, len(models.Items))
+	var requests []reconcile.Request
 	for i := range models.Items {
-		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&models.Items[i])})
+		if keep(&models.Items[i]) {
+			requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&models.Items[i])})
+		}
 	}
 	return requests
 }

@@ -21,7 +21,6 @@ type observation struct {
 	DesiredReplicas int32
 	Deployment      *appsv1.Deployment
 	BundleLocation  string
-	KeyProvider     string
 
 	workloadFacts
 }
@@ -30,8 +29,7 @@ type observation struct {
 func (obs observation) policyFacts() policy.Facts {
 	f := obs.workloadFacts.policyFacts()
 	f.KeyReason, f.KeyMessage = obs.Key.KeyReason, obs.Key.KeyMessage
-	f.BundleReason, f.BundleMessage = obs.Key.BundleReason, obs.Key.BundleMessage
-	f.KeyUnwrapped = obs.Key.DEK != nil
+	f.KeyReleaseReady = obs.Key.KeyReleaseReady
 	f.MemoryCoversWeights = obs.MemoryCoversWeights
 	return f
 }
@@ -67,7 +65,7 @@ func computeStatus(pm *mlv1alpha1.ProtectedModel, obs observation) mlv1alpha1.Pr
 	}
 	status.Protection = &mlv1alpha1.ProtectionSummary{
 		Cipher:      "AES-256-GCM (chunked, HKDF-SHA256 per-file keys)",
-		KeyProvider: obs.KeyProvider,
+		KeyProvider: obs.Key.Provider,
 		Digest:      pm.Spec.Weights.Digest,
 		Isolation:   isolationSummary(obs.workloadFacts),
 		ExecGuard:   execGuardSummary(access),
@@ -76,16 +74,24 @@ func computeStatus(pm *mlv1alpha1.ProtectedModel, obs observation) mlv1alpha1.Pr
 }
 
 // modelReadiness is the kstatus verdict of a model: stalled by the serving
-// chain's stall checks or by a failed unseal, else ready once the Deployment
-// serves.
+// chain's stall checks or by a bundle that does not hold the pinned model,
+// else ready once the Deployment serves.
+//
+// Other unseal failures (the key-release service refused or could not be
+// reached, an I/O error) do not stall the model: the key-release verifier
+// refuses stalled models, so stalling on a passing refusal would keep the
+// model from ever getting its key again.
 func modelReadiness(status mlv1alpha1.ProtectedModelStatus, obs observation) readiness {
 	if reason, message, stalled := policy.Stalled.Evaluate(obs.policyFacts()); stalled {
 		return readiness{StallReason: reason, StallMessage: message, Waiting: "waiting for the spec or the key to be fixed",
 			ReadyReason: mlv1alpha1.ReasonFailClosed, ReadyMessage: "not serving, failed closed: " + message}
 	}
 	if c := failedCondition(status.Conditions, mlv1alpha1.ConditionWeightsVerified); c != nil {
-		return readiness{StallReason: c.Reason, StallMessage: c.Message, Waiting: "waiting for the bundle or digest to be fixed",
-			ReadyReason: c.Reason, ReadyMessage: "not serving: " + c.Message}
+		if c.Reason == mlv1alpha1.ReasonBundleTampered || c.Reason == mlv1alpha1.ReasonDigestMismatch {
+			return readiness{StallReason: c.Reason, StallMessage: c.Message, Waiting: "waiting for the bundle or digest to be fixed",
+				ReadyReason: c.Reason, ReadyMessage: "not serving: " + c.Message}
+		}
+		return readiness{Reason: c.Reason, Message: "not serving yet: " + c.Message}
 	}
 	ready, reason, message := deploymentReady(obs)
 	return readiness{Ready: ready, Reason: reason, Message: message}
@@ -106,8 +112,8 @@ func modelPhase(status mlv1alpha1.ProtectedModelStatus, r readiness, obs observa
 func deploymentReady(obs observation) (ready bool, reason, message string) {
 	d := obs.Deployment
 	switch {
-	case obs.Key.Resolving || (obs.Key.DEK == nil && obs.Key.KeyReason == "" && obs.Key.BundleReason == ""):
-		return false, mlv1alpha1.ReasonProgressing, "reading the bundle's manifest with a key-resolve Job"
+	case !obs.Key.KeyReleaseReady:
+		return false, mlv1alpha1.ReasonProgressing, "waiting for the key-release service's certificate"
 	case d == nil:
 		return false, mlv1alpha1.ReasonProgressing, "creating the Deployment"
 	case d.Status.ObservedGeneration < d.Generation:

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -14,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/builder"
 )
 
 // Options configure the reconcilers registered by SetupWithManager.
@@ -27,6 +27,9 @@ type Options struct {
 	// that ModelKeys name live. Empty makes every secret ModelKey not Ready
 	// (fail closed).
 	OperatorNamespace string
+	// KeyRelease returns the key-release endpoint the unseal containers
+	// call, with the current CA bundle.
+	KeyRelease func() builder.KeyRelease
 }
 
 // +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
@@ -39,11 +42,11 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	}
 	pm := &ProtectedModelReconciler{
 		Client:      mgr.GetClient(),
-		APIReader:   mgr.GetAPIReader(),
 		Recorder:    mgr.GetEventRecorder("modelguard"),
 		UnsealImage: opts.UnsealImage,
 
 		DefaultGPUTolerations: opts.DefaultGPUTolerations,
+		KeyRelease:            opts.KeyRelease,
 	}
 	if err := pm.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the ProtectedModel controller: %w", err)
@@ -61,27 +64,30 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 }
 
 // CacheOptions scope the manager's cache to what ModelGuard manages, and the
-// NetworkPolicies that may affect it. Above
-// all, it never caches Secrets other than its own data-key Secrets: key
-// Secrets are read directly when needed.
+// NetworkPolicies that may affect it. It holds no Secret at all: the only
+// Secrets the operator reads (ModelKeys' KEKs and its serving certificate,
+// in its own namespace) are read directly when needed; see
+// UncachedObjects.
 func CacheOptions() cache.Options {
 	managed := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue})}
 	return cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{
-				mlv1alpha1.LabelManagedBy: mlv1alpha1.ManagedByValue,
-				mlv1alpha1.LabelDataKey:   "true",
-			})},
 			&corev1.Pod{}:            managed,
 			&corev1.Service{}:        managed,
 			&corev1.ServiceAccount{}: managed,
 			&appsv1.Deployment{}:     managed,
 			&appsv1.ReplicaSet{}:     managed,
-			&batchv1.Job{}:           managed,
 			// Every NetworkPolicy, not only ModelGuard's: another one that
 			// selects a workload's pods can break its isolation. They hold
 			// no secrets.
 			&networkingv1.NetworkPolicy{}: {},
 		},
 	}
+}
+
+// UncachedObjects are the kinds the manager's client must always read from
+// the API server: a cached read of a Secret would start an informer over
+// every Secret the operator may read.
+func UncachedObjects() []client.Object {
+	return []client.Object{&corev1.Secret{}}
 }

@@ -90,9 +90,11 @@ const (
 
 	// KeyAvailable.
 
-	// ReasonKeyUnwrapped means the data key was unwrapped.
-	ReasonKeyUnwrapped = "KeyUnwrapped"
-	// ReasonKeySecretNotFound means the Secret in key.secretRef does not
+	// ReasonKeyReleasable means the workload's ModelKey is Ready and selects
+	// its namespace: the key-release service gives the data key to the
+	// workload's verified unseal containers, and to nobody else.
+	ReasonKeyReleasable = "KeyReleasable"
+	// ReasonKeySecretNotFound means the Secret a ModelKey names does not
 	// exist.
 	ReasonKeySecretNotFound = "SecretNotFound"
 	// ReasonKeyNotInSecret means the Secret has no such key.
