@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
-	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/internal/policy"
 	"github.com/modelguard/modelguard/internal/seal"
 )
@@ -45,11 +44,10 @@ func cond(conditionType string, status metav1.ConditionStatus, reason, message s
 // servingObservation is a model whose every prerequisite holds.
 func servingObservation() observation {
 	return observation{
-		Key:                 keyState{DEK: testDEK},
+		Key:                 keyState{ModelKey: "models", Provider: mlv1alpha1.KeyProviderSecret, KeyReleaseReady: true},
 		MemoryCoversWeights: true,
 		DesiredReplicas:     2,
 		BundleLocation:      "/var/run/modelguard/bundle",
-		KeyProvider:         mlv1alpha1.KeyProviderSecret,
 		workloadFacts:       workloadFacts{PolicyApplied: true},
 	}
 }
@@ -131,48 +129,36 @@ func runSetter(t *testing.T, conditionType string, setter func(*[]metav1.Conditi
 }
 
 func TestSetKeyAvailableCondition(t *testing.T) {
+	releasable := cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable, "ModelKey models is Ready for this namespace; the data key is released only to the verified unseal containers of this model's pods")
 	runSetter(t, mlv1alpha1.ConditionKeyAvailable, func(c *[]metav1.Condition, gen int64, o observation) { setKeyAvailableCondition(c, gen, o.Key) }, []setterCase{{
-		name: "data key unwrapped",
+		name: "ModelKey usable",
 		obs:  servingObservation(),
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
-			"the key-encryption key unwrapped the bundle's data key; only the unseal init container receives it"),
+		want: releasable,
 	}, {
-		name: "key Secret missing",
-		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound,
-			KeyMessage: "Secret m-kek named by spec.weights.key.secretRef does not exist"}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeySecretNotFound,
-			"Secret m-kek named by spec.weights.key.secretRef does not exist"),
+		name: "ModelKey usable, key release not ready yet: the key is still available",
+		obs:  with(servingObservation(), func(o *observation) { o.Key.KeyReleaseReady = false }),
+		want: releasable,
 	}, {
-		name: "key not in the Secret",
-		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyNotInSecret,
-			KeyMessage: `Secret m-kek has no key "kek" named by spec.weights.key.secretRef.key`}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotInSecret,
-			`Secret m-kek has no key "kek" named by spec.weights.key.secretRef.key`),
+		name: "ModelKey missing",
+		obs:  observation{Key: keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonModelKeyNotFound, KeyMessage: "ModelKey models does not exist"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonModelKeyNotFound, "ModelKey models does not exist"),
 	}, {
-		name: "unwrap failed",
-		obs:  observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: keys.ErrWrongKey.Error()}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyUnwrapFailed, keys.ErrWrongKey.Error()),
+		name: "ModelKey not Ready",
+		obs: observation{Key: keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonModelKeyNotReady,
+			KeyMessage: "ModelKey models is not Ready: SecretNotFound: Secret kek named by spec.provider.secret does not exist"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonModelKeyNotReady,
+			"ModelKey models is not Ready: SecretNotFound: Secret kek named by spec.provider.secret does not exist"),
 	}, {
-		name: "key failure wins over a bundle failure",
-		obs: observation{Key: keyState{KeyReason: mlv1alpha1.ReasonKeyProviderUnavailable, KeyMessage: "provider down",
-			BundleReason: mlv1alpha1.ReasonUnsealFailed, BundleMessage: "unreadable"}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyProviderUnavailable, "provider down"),
-	}, {
-		name: "bundle unreadable: unknown",
-		obs:  observation{Key: keyState{BundleReason: mlv1alpha1.ReasonBundleTampered, BundleMessage: "manifest failed authentication"}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
-			"the data key cannot be unwrapped until the bundle's manifest is read: see WeightsVerified"),
-	}, {
-		name: "still resolving",
-		obs:  observation{Key: keyState{Resolving: true}},
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionUnknown, mlv1alpha1.ReasonProgressing,
-			"reading the bundle's manifest with a key-resolve Job"),
+		name: "namespace not selected",
+		obs: observation{Key: keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonKeyNotPermitted,
+			KeyMessage: "ModelKey models does not select namespace nlp (spec.namespaceSelector: team=vision)"}},
+		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotPermitted,
+			"ModelKey models does not select namespace nlp (spec.namespaceSelector: team=vision)"),
 	}, {
 		name:  "recovery replaces an old failure",
-		prior: []metav1.Condition{{Type: mlv1alpha1.ConditionKeyAvailable, Status: metav1.ConditionFalse, Reason: mlv1alpha1.ReasonKeySecretNotFound, ObservedGeneration: 2, LastTransitionTime: longAgo}},
+		prior: []metav1.Condition{{Type: mlv1alpha1.ConditionKeyAvailable, Status: metav1.ConditionFalse, Reason: mlv1alpha1.ReasonModelKeyNotFound, ObservedGeneration: 2, LastTransitionTime: longAgo}},
 		obs:   servingObservation(),
-		want: cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped,
-			"the key-encryption key unwrapped the bundle's data key; only the unseal init container receives it"),
+		want:  releasable,
 	}})
 }
 
@@ -247,12 +233,6 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 		}),
 		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered, tamperMessage),
 	}, {
-		name: "bundle problem found by the operator",
-		obs: observation{Key: keyState{BundleReason: mlv1alpha1.ReasonDigestMismatch,
-			BundleMessage: "the bundle holds model sha256:abab…, but spec.weights.digest is sha256:e3b0…"}},
-		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonDigestMismatch,
-			"the bundle holds model sha256:abab…, but spec.weights.digest is sha256:e3b0…"),
-	}, {
 		name: "unseal still running",
 		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealingPod()} }),
 		want: pending,
@@ -266,9 +246,9 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 		obs:   with(servingObservation(), func(o *observation) { o.DesiredReplicas = 0 }),
 		want:  verified,
 	}, {
-		name:  "verified earlier, but the key is gone: pending again",
+		name:  "verified earlier, but the ModelKey is gone: pending again",
 		prior: []metav1.Condition{verifiedEarlier},
-		obs:   observation{Key: keyState{Resolving: true}},
+		obs:   observation{Key: keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonModelKeyNotFound, KeyMessage: "ModelKey models does not exist"}},
 		want:  pending,
 	}})
 }
@@ -385,20 +365,15 @@ func TestStallReasonAndCanServe(t *testing.T) {
 	}{
 		{"everything holds", servingObservation(), "", true},
 		{"key failure", with(servingObservation(), func(o *observation) {
-			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeyUnwrapFailed, KeyMessage: "wrong key"}
-		}), mlv1alpha1.ReasonKeyUnwrapFailed, false},
-		{"key failure before bundle failure and memory", with(servingObservation(), func(o *observation) {
-			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound, KeyMessage: "no Secret",
-				BundleReason: mlv1alpha1.ReasonBundleTampered, BundleMessage: "tampered"}
+			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeyNotPermitted, KeyMessage: "not selected"}
+		}), mlv1alpha1.ReasonKeyNotPermitted, false},
+		{"key failure before memory", with(servingObservation(), func(o *observation) {
+			o.Key = keyState{KeyReason: mlv1alpha1.ReasonModelKeyNotFound, KeyMessage: "no ModelKey"}
 			o.MemoryCoversWeights = false
-		}), mlv1alpha1.ReasonKeySecretNotFound, false},
-		{"bundle failure before memory", with(servingObservation(), func(o *observation) {
-			o.Key = keyState{BundleReason: mlv1alpha1.ReasonDigestMismatch, BundleMessage: "other model"}
-			o.MemoryCoversWeights = false
-		}), mlv1alpha1.ReasonDigestMismatch, false},
+		}), mlv1alpha1.ReasonModelKeyNotFound, false},
 		{"memory too small", with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
 			mlv1alpha1.ReasonMemoryTooSmall, false},
-		{"key still resolving", with(servingObservation(), func(o *observation) { o.Key = keyState{Resolving: true} }), "", false},
+		{"key release not ready", with(servingObservation(), func(o *observation) { o.Key.KeyReleaseReady = false }), "", false},
 		{"policy not applied", with(servingObservation(), func(o *observation) { o.PolicyApplied = false }), "", false},
 		{"pods not restricted", with(servingObservation(), func(o *observation) { o.PodSecurityViolations = []string{"privileged: x"} }), "", false},
 		{"bundle host uncovered does not hold pods back", with(servingObservation(), func(o *observation) { o.BundleHostProblem = "blocked" }), "", true},
@@ -473,12 +448,12 @@ func TestPhaseAndReadiness(t *testing.T) {
 		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "creating the Deployment"),
 		reconciling: metav1.ConditionTrue,
 	}, {
-		name: "key resolving",
+		name: "key release not ready",
 		obs: servingWith(func(o *observation) {
-			o.Key, o.Pods, o.Deployment = keyState{Resolving: true}, nil, availableDeployment(0)
+			o.Key.KeyReleaseReady, o.Pods, o.Deployment = false, nil, availableDeployment(0)
 		}),
 		phase:       mlv1alpha1.ModelPhasePending,
-		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "reading the bundle's manifest with a key-resolve Job"),
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "waiting for the key-release service's certificate"),
 		reconciling: metav1.ConditionTrue,
 	}, {
 		name: "key missing: failed closed",
@@ -576,7 +551,7 @@ func TestRecoveryRemovesStalled(t *testing.T) {
 func TestComputeStatusIsStable(t *testing.T) {
 	observations := map[string]observation{
 		"serving":   with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")}; o.Deployment = availableDeployment(2) }),
-		"resolving": {Key: keyState{Resolving: true}, MemoryCoversWeights: true, workloadFacts: workloadFacts{PolicyApplied: true}},
+		"key release not ready": {Key: keyState{ModelKey: "models"}, MemoryCoversWeights: true, workloadFacts: workloadFacts{PolicyApplied: true}},
 		"stalled":   with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
 		"tampered":  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
 		"unschedulable": with(servingObservation(), func(o *observation) {
@@ -621,8 +596,8 @@ func TestTransitionTimes(t *testing.T) {
 	if !key.LastTransitionTime.Equal(&longAgo) {
 		t.Errorf("KeyAvailable kept its status but its transition time moved to %v", key.LastTransitionTime)
 	}
-	if key.Reason != mlv1alpha1.ReasonKeyUnwrapped || key.ObservedGeneration != generation {
-		t.Errorf("KeyAvailable = %s gen %d, want %s gen %d", key.Reason, key.ObservedGeneration, mlv1alpha1.ReasonKeyUnwrapped, generation)
+	if key.Reason != mlv1alpha1.ReasonKeyReleasable || key.ObservedGeneration != generation {
+		t.Errorf("KeyAvailable = %s gen %d, want %s gen %d", key.Reason, key.ObservedGeneration, mlv1alpha1.ReasonKeyReleasable, generation)
 	}
 	isolated := meta.FindStatusCondition(status.Conditions, mlv1alpha1.ConditionNetworkIsolated)
 	if isolated.Status != metav1.ConditionTrue || !isolated.LastTransitionTime.After(longAgo.Time) {

@@ -131,7 +131,9 @@ func unsealContainer(w Workload, weights *mlv1alpha1.SealedWeights, image string
 			"--progress", "log",
 			BundleLocation(weights), plaintextMount).
 		WithEnv(
-			corev1ac.EnvVar().WithName(mlv1alpha1.EnvKeyReleaseCA).WithValue(kr.CABundle),
+			// Converted like the spec's env, so that an empty bundle is left
+			// out as the API server leaves it out, and reads back unchanged.
+			envVar(corev1.EnvVar{Name: mlv1alpha1.EnvKeyReleaseCA, Value: kr.CABundle}),
 			corev1ac.EnvVar().WithName(mlv1alpha1.EnvPodUID).WithValueFrom(corev1ac.EnvVarSource().
 				WithFieldRef(corev1ac.ObjectFieldSelector().WithAPIVersion("v1").WithFieldPath("metadata.uid"))),
 		).
@@ -162,3 +164,4 @@ func fingerprint(size int, parts ...string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil)[:size])
 }
+
