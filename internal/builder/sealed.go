@@ -164,4 +164,3 @@ func fingerprint(size int, parts ...string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil)[:size])
 }
-
