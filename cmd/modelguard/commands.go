@@ -172,20 +172,11 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 	return cmd
 }
 
-// writeTerminationLog writes unseal's outcome, the seal.Report line, where
-// the kubelet reads a container's termination message.
+// writeTerminationLog writes unseal's outcome, the seal.Report line, as one
+// line where the kubelet reads a container's termination message. The
+// default path is written only if it exists (in a Kubernetes container); a
+// path given on the command line is always written.
 func writeTerminationLog(path string, explicit bool, res *seal.Result, runErr error) error {
-	line := ""
-	if res != nil && res.Manifest != nil {
-		line = seal.FormatReport(seal.SuccessReport(res))
-	}
-	return writeTerminationLine(path, explicit, line, runErr)
-}
-
-// writeTerminationLine writes the error's report line, or else line, as one
-// line to path. The default path is written only if it exists (in a
-// Kubernetes container); a path given on the command line is always written.
-func writeTerminationLine(path string, explicit bool, line string, runErr error) error {
 	if path == "" {
 		return nil
 	}
@@ -194,10 +185,13 @@ func writeTerminationLine(path string, explicit bool, line string, runErr error)
 			return nil
 		}
 	}
-	if runErr != nil {
+	var line string
+	switch {
+	case runErr != nil:
 		line = seal.FormatReport(seal.FailureReport(runErr))
-	}
-	if line == "" {
+	case res != nil && res.Manifest != nil:
+		line = seal.FormatReport(seal.SuccessReport(res))
+	default:
 		return nil
 	}
 	if err := os.WriteFile(path, []byte(line+"\n"), 0o644); err != nil {
@@ -312,61 +306,6 @@ Output formats (-o):
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "Output format: table, json, key or raw")
 	cmd.Flags().StringVar(&caFile, "ca-file", "", "PEM file of extra CA certificates to trust for an https BUNDLE")
-	return cmd
-}
-
-func (c *cli) resolveKeyCommand() *cobra.Command {
-	var (
-		caFile  string
-		termLog string
-	)
-	cmd := &cobra.Command{
-		Use:   "resolve-key BUNDLE",
-		Short: "Report a bundle's wrapped data key and model digest for the operator (no key needed)",
-		Long: strings.TrimSpace(`
-Resolve-key reads the manifest of BUNDLE (a directory or an https:// URL) and
-prints, as one line of JSON, its format version, bundle id, key record
-(provider, key id, wrapped data key) and model digest:
-{"version":2,"bundleId":"…","key":{…},"modelDigest":"sha256:…"}. Nothing in it
-is secret: the wrapped data key opens only with the key-encryption key, and
-from format version 2 only for this bundle id and the model digest the
-operator expects (spec.weights.digest), not the one the bundle claims.
-
-The operator runs it in a short-lived Job when the bundle is on a volume it
-cannot mount itself, and reads the line from the termination log
-(/dev/termination-log if it exists, or --termination-log); on failure the
-termination log holds the reason. The operator authenticates nothing with it:
-the unseal init container authenticates the whole bundle with the data key.`),
-		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) (err error) {
-			termLogSet := cmd.Flags().Changed("termination-log")
-			var line string
-			defer func() {
-				if werr := writeTerminationLine(termLog, termLogSet, line, err); werr != nil && err == nil {
-					err = werr
-				}
-			}()
-			flags := openFlags{caFile: caFile}
-			client, err := flags.httpClient()
-			if err != nil {
-				return err
-			}
-			m, err := seal.ReadManifest(cmd.Context(), args[0], client)
-			if err != nil {
-				return err
-			}
-			data, err := json.Marshal(seal.ResolvedKeyOf(m))
-			if err != nil {
-				return fmt.Errorf("encoding the key record: %w", err)
-			}
-			line = string(data)
-			fmt.Fprintln(c.stdout, line)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&caFile, "ca-file", "", "PEM file of extra CA certificates to trust for an https BUNDLE")
-	cmd.Flags().StringVar(&termLog, "termination-log", "/dev/termination-log",
-		"File for the key record or the failure reason; the default is written only if it exists")
 	return cmd
 }
 

@@ -92,7 +92,7 @@ The format is specified in docs/sealed-format.md.`),
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(c.versionCommand(), c.sealCommand(), c.unsealCommand(), c.verifyCommand(), c.inspectCommand(), c.resolveKeyCommand())
+	root.AddCommand(c.versionCommand(), c.sealCommand(), c.unsealCommand(), c.verifyCommand(), c.inspectCommand())
 	return root
 }
 

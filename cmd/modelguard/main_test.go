@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -262,48 +261,6 @@ func TestSealUnsealVerifyInspect(t *testing.T) {
 	})
 }
 
-func TestResolveKey(t *testing.T) {
-	f := newFixture(t)
-	termLog := filepath.Join(t.TempDir(), "termination-log")
-	r := mustRun(t, nil, "resolve-key", f.bundle, "--termination-log", termLog)
-	m, err := seal.ReadManifest(context.Background(), f.bundle, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := seal.ResolvedKey{Version: 2, BundleID: m.BundleID, Key: m.Key, ModelDigest: f.digest}
-	for name, text := range map[string]string{"stdout": r.stdout, "termination log": string(readFile(t, termLog))} {
-		var got seal.ResolvedKey
-		if err := json.Unmarshal([]byte(text), &got); err != nil {
-			t.Fatalf("%s %q: %v", name, text, err)
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", name, diff)
-		}
-		if strings.Count(text, "\n") != 1 {
-			t.Errorf("%s is not one line: %q", name, text)
-		}
-	}
-	// The operator's controller unwraps exactly what resolve-key reported,
-	// for the digest in its spec, and for no other.
-	kek, err := keys.NewKEK(f.kek)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dek, err := seal.UnwrapDEK(context.Background(), want.Key, want.Binding(f.digest), kek)
-	if err != nil || !bytes.Equal(dek, f.dek) {
-		t.Errorf("unwrapping the reported key: %v", err)
-	}
-	if _, err := seal.UnwrapDEK(context.Background(), want.Key, want.Binding("sha256:"+strings.Repeat("0", 64)), kek); !errors.Is(err, keys.ErrWrongKey) {
-		t.Errorf("unwrapping the reported key for another digest: got %v, want ErrWrongKey", err)
-	}
-
-	missing := filepath.Join(t.TempDir(), "missing")
-	if r := runCLI(t, nil, "resolve-key", missing, "--termination-log", termLog); r.code != exitFail {
-		t.Errorf("resolve-key of a missing bundle: exit %d", r.code)
-	}
-	mustMatch(t, string(readFile(t, termLog)), `^opening bundle directory: .*missing: no such file or directory\n$`)
-}
-
 // cancelOnWrite cancels a context at the first progress line, so that a
 // test can interrupt an unseal in the middle, as SIGTERM does.
 type cancelOnWrite struct {
@@ -435,6 +392,8 @@ func TestUsageErrors(t *testing.T) {
 		{name: "bad output format", args: []string{"inspect", "-o", "yaml", dir}, want: `-o "yaml": want table, json, key or raw`},
 		{name: "bad progress mode", args: []string{"verify", dir, "--kek-file", kekFile, "--progress", "fancy"}, want: `progress mode "fancy"`},
 		{name: "version takes no arguments", args: []string{"version", "x"}, want: "takes no arguments"},
+		// The operator no longer runs a key-resolve Job.
+		{name: "resolve-key is gone", args: []string{"resolve-key", dir}, want: `unknown command "resolve-key"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -451,7 +410,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestHelp(t *testing.T) {
 	root := mustRun(t, nil, "--help").stdout
-	for _, sub := range []string{"seal", "unseal", "verify", "inspect", "resolve-key", "version"} {
+	for _, sub := range []string{"seal", "unseal", "verify", "inspect", "version"} {
 		if !regexp.MustCompile(`(?m)^  ` + sub + ` `).MatchString(root) {
 			t.Errorf("root help does not list %s:\n%s", sub, root)
 		}
@@ -519,7 +478,6 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 		{nil, []string{"inspect", f.bundle}},
 		{nil, []string{"inspect", "-o", "json", f.bundle}},
 		{nil, []string{"inspect", "-o", "key", f.bundle}},
-		{nil, []string{"resolve-key", f.bundle}},
 		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", f.kekFile, "--progress", "log", "--progress-interval", "1ms"}},
 		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", dekFile}},
 		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", rawDEKFile}},
@@ -542,7 +500,7 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 	var failures int
 	for _, r := range runs {
 		args := r.args
-		if (args[0] == "unseal" || args[0] == "resolve-key") && args[1] != "--help" {
+		if args[0] == "unseal" && args[1] != "--help" {
 			args = append(args, "--termination-log", termLog)
 		}
 		res := runCLI(t, r.env, args...)
