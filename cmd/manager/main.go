@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -25,6 +26,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/controllers"
+	"github.com/modelguard/modelguard/internal/certs"
 	mgmetrics "github.com/modelguard/modelguard/internal/metrics"
 	"github.com/modelguard/modelguard/internal/version"
 )
@@ -50,6 +52,7 @@ type options struct {
 	operatorNamespace    string
 	watchNamespaces      map[string]cache.Config
 	gpuTolerations       []corev1.Toleration
+	keyRelease           keyReleaseOptions
 	showVersion          bool
 	zap                  zap.Options
 }
@@ -78,6 +81,7 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 		"Comma-separated namespaces to watch; empty watches every namespace. The Helm chart then grants a Role in each instead of a ClusterRole.")
 	fs.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
 		`Tolerations, as a JSON list, added to every model and training pod that asks for a GPU, e.g. '[{"key":"gpu-pool","operator":"Exists","effect":"NoSchedule"}]'.`)
+	o.keyRelease.bindFlags(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "Print the version and exit.")
 	o.zap = zap.Options{Development: false}
 	o.zap.BindFlags(fs)
@@ -93,6 +97,9 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 	}
 	if o.gpuTolerations, err = parseTolerations(gpuTolerations); err != nil {
 		return o, fmt.Errorf("--default-gpu-tolerations: %w", err)
+	}
+	if err := o.keyRelease.validate(o.operatorNamespace); err != nil {
+		return o, err
 	}
 	return o, nil
 }
@@ -142,13 +149,10 @@ func newManager(restConfig *rest.Config, o options) (ctrl.Manager, error) {
 	if o.secureMetrics {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	cacheOpts := controllers.CacheOptions()
-	if len(o.watchNamespaces) > 0 {
-		cacheOpts.DefaultNamespaces = o.watchNamespaces
-	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
-		Cache:                   cacheOpts,
+		Cache:                   cacheOptions(o),
+		Client:                  clientOptions(),
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.enableLeaderElection,
@@ -164,15 +168,69 @@ func newManager(restConfig *rest.Config, o options) (ctrl.Manager, error) {
 	return mgr, nil
 }
 
-// addRunnables registers what the manager runs: the controllers, the metrics
-// collector, the probes, and the leader-lease owner.
+// cacheOptions scope the manager's cache to what the controllers watch, in
+// the watched namespaces.
+func cacheOptions(o options) cache.Options {
+	opts := controllers.CacheOptions()
+	if len(o.watchNamespaces) > 0 {
+		opts.DefaultNamespaces = o.watchNamespaces
+	}
+	return opts
+}
+
+// clientOptions make the manager's client read Secrets from the API server,
+// never through the cache: a Get of one Secret would otherwise start an
+// informer that lists and holds every Secret the operator may read.
+func clientOptions() client.Options {
+	return client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects()}}
+}
+
+// addRunnables registers what the manager runs: the controllers, the
+// key-release endpoint with its serving certificate, the metrics collector,
+// the probes, and the leader-lease owner.
 func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
+	// The rotator reads and writes its Secret through a client of its own,
+	// straight to the API server: the manager caches no Secret.
+	var rotator *certs.Rotator
+	if o.keyRelease.enabled() {
+		direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
+		if err != nil {
+			return fmt.Errorf("creating the serving-certificate client: %w", err)
+		}
+		if rotator, err = o.keyRelease.newRotator(direct, o.operatorNamespace); err != nil {
+			return err
+		}
+	}
+	endpoint := o.keyRelease.endpoint(o.operatorNamespace, rotator)
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
 		UnsealImage:           o.unsealImage,
 		DefaultGPUTolerations: o.gpuTolerations,
 		OperatorNamespace:     o.operatorNamespace,
+		KeyRelease:            endpoint,
 	}); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
+	}
+	if rotator != nil {
+		// The verifier compares pods with what the ProtectedModel
+		// controller generates, from the same inputs.
+		facts := (&controllers.ProtectedModelReconciler{
+			UnsealImage:           o.unsealImage,
+			DefaultGPUTolerations: o.gpuTolerations,
+			KeyRelease:            endpoint,
+		}).Facts
+		handler, err := newKeyReleaseHandler(keyReleaseDeps{
+			reader:            mgr.GetAPIReader(),
+			tokenReviews:      mgr.GetClient(),
+			facts:             facts,
+			recorder:          mgr.GetEventRecorder("modelguard"),
+			operatorNamespace: o.operatorNamespace,
+		})
+		if err != nil {
+			return err
+		}
+		if err := addKeyRelease(mgr, rotator, o.keyRelease.bindAddress, handler); err != nil {
+			return err
+		}
 	}
 	// The collector reads the manager's cache at scrape time, so the
 	// reconcilers make no metrics calls.

@@ -19,16 +19,22 @@ func TestParseOptions(t *testing.T) {
 		wantErr string
 	}{{
 		name: "defaults",
-		want: func(o *options) {},
+		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) { o.operatorNamespace = "modelguard-system" },
 	}, {
 		name: "everything set",
 		args: []string{"--metrics-bind-address=:8443", "--metrics-secure=false", "--leader-elect",
 			"--leader-election-namespace=modelguard-system", "--unseal-image=registry.example.com/mg:v1",
-			"--watch-namespaces=models,team-a", `--default-gpu-tolerations=[{"key":"gpu-pool","operator":"Exists"}]`},
+			"--watch-namespaces=models,team-a", `--default-gpu-tolerations=[{"key":"gpu-pool","operator":"Exists"}]`,
+			"--operator-namespace=mg-ops", "--key-release-bind-address=127.0.0.1:9444", "--key-release-service=mg-key-release",
+			"--serving-cert-secret=mg-serving-cert", "--ca-configmap=mg-ca"},
 		want: func(o *options) {
 			o.metricsAddr, o.secureMetrics, o.enableLeaderElection = ":8443", false, true
 			o.leaderElectionNS, o.unsealImage = "modelguard-system", "registry.example.com/mg:v1"
 			o.gpuTolerations = []corev1.Toleration{{Key: "gpu-pool", Operator: corev1.TolerationOpExists}}
+			o.operatorNamespace = "mg-ops"
+			o.keyRelease = keyReleaseOptions{bindAddress: "127.0.0.1:9444", service: "mg-key-release",
+				servingCertSecret: "mg-serving-cert", caConfigMap: "mg-ca"}
 		},
 	}, {
 		name: "operator namespace from the downward API",
@@ -39,6 +45,35 @@ func TestParseOptions(t *testing.T) {
 		args: []string{"--operator-namespace=mg-ops"},
 		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
 		want: func(o *options) { o.operatorNamespace = "mg-ops" },
+	}, {
+		name:    "key release needs the operator's namespace",
+		env:     map[string]string{podNamespaceEnv: ""},
+		wantErr: "--operator-namespace",
+	}, {
+		name: "key release disabled needs no namespace",
+		args: []string{"--key-release-bind-address=0"},
+		env:  map[string]string{podNamespaceEnv: ""},
+		want: func(o *options) { o.keyRelease.bindAddress = "0" },
+	}, {
+		name:    "a key-release address without a port names the flag",
+		args:    []string{"--key-release-bind-address=8444"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--key-release-bind-address",
+	}, {
+		name:    "a Service name that is not a DNS label names the flag",
+		args:    []string{"--key-release-service=Key_Release"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--key-release-service",
+	}, {
+		name:    "a bad Secret name names the flag",
+		args:    []string{"--serving-cert-secret=-cert"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--serving-cert-secret",
+	}, {
+		name:    "a bad ConfigMap name names the flag",
+		args:    []string{"--ca-configmap=CA"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--ca-configmap",
 	}, {
 		name:    "bad tolerations name the flag",
 		args:    []string{"--default-gpu-tolerations=not json"},
@@ -65,10 +100,12 @@ func TestParseOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := options{metricsAddr: "0", probeAddr: ":8081", secureMetrics: true, unsealImage: got.unsealImage}
+			want := options{metricsAddr: "0", probeAddr: ":8081", secureMetrics: true, unsealImage: got.unsealImage,
+				keyRelease: keyReleaseOptions{bindAddress: ":8444", service: "modelguard-key-release",
+					servingCertSecret: "modelguard-serving-cert", caConfigMap: "modelguard-ca"}}
 			tc.want(&want)
 			got.zap, got.watchNamespaces = want.zap, nil // checked by their own tests
-			if diff := cmp.Diff(want, got, cmp.AllowUnexported(options{})); diff != "" {
+			if diff := cmp.Diff(want, got, cmp.AllowUnexported(options{}, keyReleaseOptions{})); diff != "" {
 				t.Errorf("options (-want +got):\n%s", diff)
 			}
 		})

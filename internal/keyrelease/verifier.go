@@ -3,6 +3,7 @@ package keyrelease
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -60,10 +61,11 @@ type ProtectedModelVerifier struct {
 	Reader client.Reader
 	// TokenReviews creates TokenReviews (authentication.k8s.io/v1).
 	TokenReviews client.Writer
-	// Facts are the manager-wide inputs of the builders (unseal image, GPU
-	// tolerations), so that the generated pod spec is the one the
-	// ProtectedModel controller applies.
-	Facts builder.ProtectedModelFacts
+	// Facts returns the manager-wide inputs of the builders (unseal image,
+	// GPU tolerations, key-release endpoint), so that the generated pod spec
+	// is the one the ProtectedModel controller applies. It is a function
+	// because the key-release CA bundle in the pod spec rotates.
+	Facts func() builder.ProtectedModelFacts
 	// ModelKeyFor names the ModelKey a model's weights are sealed under. An
 	// error denies with ReasonModelKeyNotFound.
 	ModelKeyFor func(*mlv1alpha1.ProtectedModel) (string, error)
@@ -255,7 +257,10 @@ func (v *ProtectedModelVerifier) ownerChain(ctx context.Context, pod *corev1.Pod
 // generatedPodSpec is the pod spec the ProtectedModel controller applies
 // for pm: builder.Deployment's template, in the API's types.
 func (v *ProtectedModelVerifier) generatedPodSpec(pm *mlv1alpha1.ProtectedModel) (*corev1.PodSpec, error) {
-	facts := v.Facts
+	if v.Facts == nil {
+		return nil, errors.New("the verifier has no Facts to generate the pod spec from")
+	}
+	facts := v.Facts()
 	facts.Replicas = builder.Replicas(pm)
 	data, err := json.Marshal(builder.Deployment(pm, facts).Spec.Template.Spec)
 	if err != nil {
