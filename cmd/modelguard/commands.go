@@ -11,6 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/internal/progress"
 	"github.com/modelguard/modelguard/internal/seal"
 	"github.com/modelguard/modelguard/internal/version"
@@ -97,6 +99,7 @@ a ProtectedModel's spec.weights.digest.`),
 func (c *cli) unsealCommand() *cobra.Command {
 	var (
 		flags     openFlags
+		release   keyReleaseFlags
 		allowDisk bool
 		keep      bool
 		termLog   string
@@ -104,16 +107,32 @@ func (c *cli) unsealCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "unseal BUNDLE DEST",
 		Short: "Decrypt a sealed bundle into a memory-backed directory",
-		Long: strings.TrimSpace(`
+		Long: strings.TrimSpace(fmt.Sprintf(`
 Unseal authenticates and decrypts the bundle BUNDLE (a directory, or an https://
 URL streamed with no ciphertext staged on disk) into DEST.
 
-The key is the bundle's data key (--dek-file, or base64 in $MODELGUARD_DEK, as
-the operator's init container gets it) or the key-encryption key (--kek-file or
---kek-secret). With --expect-digest the manifest's model digest must match
-before any plaintext is written, and the key-encryption key unwraps the data
-key only for that digest. Every chunk is authenticated as it is decrypted, and
-every file's plaintext is hashed in the same pass: its digest must match the
+The key is one of:
+  --key-release URL   the data key, from the operator's key-release service, as
+                      a protected pod's unseal init container gets it. The pod
+                      presents its projected ServiceAccount token (--token-file)
+                      and the bundle's key record and model digest; the operator
+                      verifies the pod and returns the data key sealed to a key
+                      pair made for this run alone. Needs --model,
+                      --expect-digest (checked against the bundle before any
+                      request), and in the environment:
+                        $%-26[1]s PEM: the only CAs trusted
+                                                    for the service
+                        $%-26[2]s the pod's UID
+                      While the service is unavailable, unseal retries with
+                      backoff, a line per retry; a refusal is final and names
+                      its reason.
+  --dek-file or $%-16[3]s the bundle's data key.
+  --kek-file or --kek-secret      the key-encryption key.
+
+With --expect-digest the manifest's model digest must match before any
+plaintext is written, and the key-encryption key unwraps the data key only
+for that digest. Every chunk is authenticated as it is decrypted, and every
+file's plaintext is hashed in the same pass: its digest must match the
 authenticated manifest's before any file is moved into place.
 
 DEST must be on tmpfs or ramfs (checked with statfs) unless --allow-disk is
@@ -124,16 +143,22 @@ plaintext byte written is removed and the exit code is non-zero.
 
 The outcome is written as one line to the termination log (/dev/termination-log
 in a Kubernetes container, if it exists): the reason on failure, e.g.
-"chunk 37 of model.safetensors failed authentication", and on success
-"ok digest=sha256:… files=N bytes=N seconds=S format=V".`),
-		Example: `  # In a protected pod's init container (the operator sets this up):
-  MODELGUARD_DEK=… modelguard unseal /bundle /models --expect-digest sha256:…
+"chunk 37 of model.safetensors failed authentication" or "key release denied
+(PodSpecMismatch): …", and on success
+"ok digest=sha256:… files=N bytes=N seconds=S format=V".`,
+			mlv1alpha1.EnvKeyReleaseCA, mlv1alpha1.EnvPodUID, keys.DEKEnvVar)),
+		Example: fmt.Sprintf(`  # In a protected pod's unseal init container (the operator generates it):
+  %[1]s="$(cat ca.crt)" %[2]s=… \
+  modelguard unseal --key-release https://modelguard-key-release.modelguard-system.svc \
+      --model ProtectedModel/nlp/sentiment --expect-digest sha256:… --progress log \
+      /bundle /models
 
   # At a terminal, with the KEK:
   modelguard unseal ./llama-8b.sealed /dev/shm/llama-8b --kek-file kek.bin
 
   # Streaming from a web server:
   modelguard unseal https://models.example.com/llama-8b /dev/shm/llama-8b --dek-file dek`,
+			mlv1alpha1.EnvKeyReleaseCA, mlv1alpha1.EnvPodUID),
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			var res *seal.Result
@@ -143,10 +168,15 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 					err = werr
 				}
 			}()
-			opts, meter, err := c.openOptions(cmd, &flags, "unseal")
+			kr, err := release.parse(cmd, &flags, c.getenv)
 			if err != nil {
 				return err
 			}
+			opts, meter, err := c.openOptions(cmd, &flags, "unseal", kr, args[0])
+			if err != nil {
+				return err
+			}
+			defer clear(opts.Key.DEK)
 			meter.Start()
 			res, err = seal.Unseal(cmd.Context(), args[0], args[1], seal.UnsealOptions{OpenOptions: opts, AllowDisk: allowDisk, KeepExisting: keep})
 			meter.Finish()
@@ -164,6 +194,7 @@ in a Kubernetes container, if it exists): the reason on failure, e.g.
 	}
 	fs := cmd.Flags()
 	flags.register(fs)
+	release.register(fs)
 	fs.BoolVar(&allowDisk, "allow-disk", false, "Allow a DEST that is not memory-backed, which puts plaintext weights on disk")
 	fs.BoolVar(&keep, "keep-existing", false,
 		"Fail if DEST already has entries with the names of the bundle's files (by default they are replaced; other entries are never touched)")
@@ -200,16 +231,25 @@ func writeTerminationLog(path string, explicit bool, res *seal.Result, runErr er
 	return nil
 }
 
-func (c *cli) openOptions(cmd *cobra.Command, flags *openFlags, label string) (seal.OpenOptions, *progress.Meter, error) {
-	key, err := flags.key(cmd.Context(), c.getenv)
-	if err != nil {
-		return seal.OpenOptions{}, nil, err
-	}
+// openOptions returns the options of unseal and verify. The key comes last,
+// once every flag is checked: with key release (kr not nil) getting it is a
+// request that the operator counts, records on the model and grants once per
+// pod. The caller clears the returned options' Key.DEK.
+func (c *cli) openOptions(cmd *cobra.Command, flags *openFlags, label string, kr *keyRelease, bundle string) (seal.OpenOptions, *progress.Meter, error) {
 	client, err := flags.httpClient()
 	if err != nil {
 		return seal.OpenOptions{}, nil, err
 	}
 	meter, err := c.meter(label, flags.progress, flags.interval)
+	if err != nil {
+		return seal.OpenOptions{}, nil, err
+	}
+	var key seal.Key
+	if kr != nil {
+		key.DEK, err = c.releaseKey(cmd.Context(), kr, bundle, flags.expectDigest, client)
+	} else {
+		key, err = flags.key(cmd.Context(), c.getenv)
+	}
 	if err != nil {
 		return seal.OpenOptions{}, nil, err
 	}
@@ -235,10 +275,11 @@ plaintext anywhere. On success it prints the model digest on stdout.`),
 		Example: `  modelguard verify ./llama-8b.sealed --kek-file kek.bin --expect-digest sha256:…`,
 		Args:    exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opts, meter, err := c.openOptions(cmd, &flags, "verify")
+			opts, meter, err := c.openOptions(cmd, &flags, "verify", nil, args[0])
 			if err != nil {
 				return err
 			}
+			defer clear(opts.Key.DEK)
 			meter.Start()
 			res, err := seal.Verify(cmd.Context(), args[0], opts)
 			meter.Finish()

@@ -81,7 +81,7 @@ type openFlags struct {
 
 func (f *openFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.dekFile, "dek-file", "",
-		"File holding the bundle's data key: 32 raw bytes, 64 hex characters or base64 (the form the operator's data-key Secret mounts)")
+		"File holding the bundle's data key: 32 raw bytes, 64 hex characters or base64")
 	f.kek.register(fs)
 	fs.StringVar(&f.expectDigest, "expect-digest", "",
 		"Fail unless the bundle's model digest is this sha256:<64 hex> (checked before any plaintext is written)")

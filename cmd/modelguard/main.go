@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/modelguard/modelguard/internal/keyrelease"
 	"github.com/modelguard/modelguard/internal/version"
 )
 
@@ -39,6 +40,9 @@ type cli struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// keyReleaseBackoff is the key-release client's retry schedule; zero
+	// means its default. Tests shorten it.
+	keyReleaseBackoff keyrelease.Backoff
 }
 
 // usageError marks a mistake in the command line, which gets exit code 2 and
@@ -51,19 +55,22 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdout: stdout, stderr: stderr, getenv: getenv}
+	return (&cli{stdout: stdout, stderr: stderr, getenv: getenv}).run(ctx, args)
+}
+
+func (c *cli) run(ctx context.Context, args []string) int {
 	root := c.rootCommand()
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(c.stdout)
+	root.SetErr(c.stderr)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "%s: %v\n", cmd.CommandPath(), err)
+	fmt.Fprintf(c.stderr, "%s: %v\n", cmd.CommandPath(), err)
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		fmt.Fprintf(c.stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		return exitUsage
 	}
 	return exitFail

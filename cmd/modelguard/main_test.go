@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -14,10 +15,13 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/keyrelease"
 	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/internal/seal"
 	"github.com/modelguard/modelguard/internal/version"
@@ -416,8 +420,11 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	for sub, flags := range map[string][]string{
-		"seal":    {"--kek-file", "--kek-secret", "--owner", "--license", "--classification", "--chunk-size", "--progress"},
-		"unseal":  {"--dek-file", "--kek-file", "--kek-secret", "--expect-digest", "--allow-disk", "--termination-log", "--ca-file", "MODELGUARD_DEK"},
+		"seal": {"--kek-file", "--kek-secret", "--owner", "--license", "--classification", "--chunk-size", "--progress"},
+		"unseal": {"--dek-file", "--kek-file", "--kek-secret", "--expect-digest", "--allow-disk", "--termination-log", "--ca-file", keys.DEKEnvVar,
+			"--key-release", "--model", "--token-file", mlv1alpha1.EnvKeyReleaseCA, mlv1alpha1.EnvPodUID,
+			// The example is the command the operator generates.
+			"modelguard unseal --key-release https://", "--model ProtectedModel/"},
 		"verify":  {"--dek-file", "--kek-file", "--expect-digest"},
 		"inspect": {"--output", "table", "json", "key", "raw"},
 	} {
@@ -445,11 +452,13 @@ func TestProgressLines(t *testing.T) {
 	}
 }
 
-// TestNoKeyMaterialInOutput runs every command, succeeding and failing, and
-// scans everything printed (and every termination log) for the KEK and the
-// DEK, raw, hex and base64.
+// TestNoKeyMaterialInOutput runs every command, succeeding and failing,
+// including unseal through the real key-release server, and scans everything
+// printed (every termination log, and the server's log) for the KEK, the DEK
+// and the ServiceAccount token, raw, hex and base64.
 func TestNoKeyMaterialInOutput(t *testing.T) {
-	f := newFixture(t)
+	kf := newKeyReleaseFixture(t)
+	f := kf.fixture
 	dir := t.TempDir()
 	dekFile := writeFile(t, filepath.Join(dir, "dek"), []byte(keys.EncodeDEK(f.dek)))
 	rawDEKFile := writeFile(t, filepath.Join(dir, "dek.raw"), f.dek)
@@ -468,33 +477,62 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 	writeFile(t, manifest, bytes.Replace(readFile(t, manifest), []byte("Acme Corp"), []byte("Evil Corp"), 1))
 	termLog := filepath.Join(dir, "termination-log")
 
+	released := kf.service(t, allow(kf.token))
+	denied := kf.service(t, deny(mlv1alpha1.ReasonPodSpecMismatch, "pod spec differs from the generated template"))
+	otherKEKService := newKeyService(t, kf.ca, allow(kf.token), randomBytes(t, keys.KEKSize))
+	otherKEKService.start(nil)
+	unavailable := kf.service(t, verifierFunc(func(context.Context, keyrelease.Claim) (keyrelease.Decision, error) {
+		return keyrelease.Decision{}, errors.New("the API server did not answer")
+	}))
+	services := []*keyService{released, denied, otherKEKService, unavailable}
+	keyRelease := func(url string, extra ...string) []string {
+		return append([]string{"unseal", f.bundle, memDir(t), "--key-release", url, "--model", testModelArg,
+			"--token-file", kf.tokenFile, "--expect-digest", f.digest, "--progress", "log", "--progress-interval", "1ms"}, extra...)
+	}
+	// Gives up after a few retries, each of which logs a line.
+	shortBackoff := keyrelease.Backoff{Initial: 5 * time.Millisecond, Max: 20 * time.Millisecond, MaxElapsed: 150 * time.Millisecond}
+
 	runs := []struct {
-		env  map[string]string
-		args []string
+		env     map[string]string
+		args    []string
+		backoff keyrelease.Backoff
 	}{
-		{nil, []string{"seal", f.src, filepath.Join(dir, "b1"), "--kek-file", f.kekFile, "--progress", "log", "--progress-interval", "1ms"}},
-		{nil, []string{"seal", f.src, filepath.Join(dir, "b2"), "--kek-file", shortKEK}},
-		{nil, []string{"seal", f.src, filepath.Join(dir, "b3"), "--kek-file", dekAsKEK}},
-		{nil, []string{"inspect", f.bundle}},
-		{nil, []string{"inspect", "-o", "json", f.bundle}},
-		{nil, []string{"inspect", "-o", "key", f.bundle}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", f.kekFile, "--progress", "log", "--progress-interval", "1ms"}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", dekFile}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", rawDEKFile}},
-		{dekEnv, []string{"unseal", f.bundle, memDir(t)}},
-		{dekEnv, []string{"verify", f.bundle}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", otherKEK}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", dekAsKEK}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", kekAsDEK}},
-		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", shortKEK}},
-		{badDEKEnv, []string{"unseal", f.bundle, memDir(t)}},
-		{wrongDEKEnv, []string{"unseal", f.bundle, memDir(t)}},
-		{wrongDEKEnv, []string{"verify", f.bundle}},
-		{dekEnv, []string{"unseal", tampered, memDir(t)}},
-		{dekEnv, []string{"unseal", f.bundle, memDir(t), "--expect-digest", "sha256:" + strings.Repeat("1", 64)}},
-		{dekEnv, []string{"unseal", f.bundle, diskDir(t)}},
-		{dekEnv, []string{"unseal", "https://127.0.0.1:1/none", memDir(t)}},
-		{dekEnv, []string{"unseal", "--help"}},
+		{nil, []string{"seal", f.src, filepath.Join(dir, "b1"), "--kek-file", f.kekFile, "--progress", "log", "--progress-interval", "1ms"}, testBackoff},
+		{nil, []string{"seal", f.src, filepath.Join(dir, "b2"), "--kek-file", shortKEK}, testBackoff},
+		{nil, []string{"seal", f.src, filepath.Join(dir, "b3"), "--kek-file", dekAsKEK}, testBackoff},
+		{nil, []string{"inspect", f.bundle}, testBackoff},
+		{nil, []string{"inspect", "-o", "json", f.bundle}, testBackoff},
+		{nil, []string{"inspect", "-o", "key", f.bundle}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", f.kekFile, "--progress", "log", "--progress-interval", "1ms"}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", dekFile}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", rawDEKFile}, testBackoff},
+		{dekEnv, []string{"unseal", f.bundle, memDir(t)}, testBackoff},
+		{dekEnv, []string{"verify", f.bundle}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", otherKEK}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", dekAsKEK}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--dek-file", kekAsDEK}, testBackoff},
+		{nil, []string{"unseal", f.bundle, memDir(t), "--kek-file", shortKEK}, testBackoff},
+		{badDEKEnv, []string{"unseal", f.bundle, memDir(t)}, testBackoff},
+		{wrongDEKEnv, []string{"unseal", f.bundle, memDir(t)}, testBackoff},
+		{wrongDEKEnv, []string{"verify", f.bundle}, testBackoff},
+		{dekEnv, []string{"unseal", tampered, memDir(t)}, testBackoff},
+		{dekEnv, []string{"unseal", f.bundle, memDir(t), "--expect-digest", "sha256:" + strings.Repeat("1", 64)}, testBackoff},
+		{dekEnv, []string{"unseal", f.bundle, diskDir(t)}, testBackoff},
+		{dekEnv, []string{"unseal", "https://127.0.0.1:1/none", memDir(t)}, testBackoff},
+		{dekEnv, []string{"unseal", "--help"}, testBackoff},
+		// Key release: released, denied, a ModelKey with another KEK, the
+		// checks unavailable until the client gives up, nothing listening,
+		// an untrusted certificate, a digest mismatch, and a conflict with
+		// the DEK in the environment.
+		{kf.env, keyRelease(released.url()), testBackoff},
+		{kf.env, keyRelease(denied.url()), testBackoff},
+		{kf.env, keyRelease(otherKEKService.url()), testBackoff},
+		{kf.env, keyRelease(unavailable.url()), shortBackoff},
+		{kf.env, keyRelease("https://127.0.0.1:1"), shortBackoff},
+		{map[string]string{mlv1alpha1.EnvKeyReleaseCA: newTestCA(t).pem, mlv1alpha1.EnvPodUID: testPodUID}, keyRelease(released.url()), testBackoff},
+		{kf.env, replaceFlagValues(keyRelease(released.url()), map[string]string{"--expect-digest": "sha256:" + strings.Repeat("1", 64)}), testBackoff},
+		{map[string]string{keys.DEKEnvVar: keys.EncodeDEK(f.dek), mlv1alpha1.EnvKeyReleaseCA: kf.ca.pem, mlv1alpha1.EnvPodUID: testPodUID},
+			keyRelease(released.url()), testBackoff},
 	}
 	var all strings.Builder
 	var failures int
@@ -503,7 +541,8 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 		if args[0] == "unseal" && args[1] != "--help" {
 			args = append(args, "--termination-log", termLog)
 		}
-		res := runCLI(t, r.env, args...)
+		os.Remove(termLog)
+		res := runCLIWith(t, r.backoff, r.env, args...)
 		if res.code != exitOK {
 			failures++
 		}
@@ -512,23 +551,32 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 			all.Write(data)
 		}
 	}
-	if failures < 12 {
+	if failures < 18 {
 		t.Errorf("only %d runs failed; the scan is meant to cover failure paths", failures)
 	}
+	for _, s := range services {
+		all.WriteString(s.serverLog())
+	}
 	text := all.String()
-	for name, key := range map[string][]byte{"KEK": f.kek, "DEK": f.dek, "wrong DEK": wrongDEK} {
-		for _, form := range []string{
-			string(key),
-			hex.EncodeToString(key),
-			strings.ToUpper(hex.EncodeToString(key)),
-			base64.StdEncoding.EncodeToString(key),
-			base64.RawStdEncoding.EncodeToString(key),
-			base64.URLEncoding.EncodeToString(key),
-			base64.RawURLEncoding.EncodeToString(key),
-			// A prefix catches truncated or wrapped renderings.
-			hex.EncodeToString(key)[:16],
-			base64.StdEncoding.EncodeToString(key)[:16],
-		} {
+	// The key-release runs did what they are in the scan for.
+	for _, want := range []string{
+		"key release: data key for ProtectedModel nlp/sentiment released in",
+		"key release denied (PodSpecMismatch)",
+		"key release denied (UnwrapFailed)",
+		"Key-release service unavailable, retrying",
+		"the key-release service is unavailable",
+		"certificate signed by unknown authority",
+		"no key was requested",
+		"--key-release excludes",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the scanned output lacks %q", want)
+		}
+	}
+	secrets := kf.secrets()
+	secrets["wrong DEK"] = wrongDEK
+	for name, key := range secrets {
+		for _, form := range keyForms(key) {
 			if strings.Contains(text, form) {
 				t.Errorf("the %s appears in CLI output as %q", name, form)
 			}
@@ -536,6 +584,22 @@ func TestNoKeyMaterialInOutput(t *testing.T) {
 	}
 	if len(text) < 2000 {
 		t.Errorf("only %d bytes of output scanned; the runs did not produce what they should", len(text))
+	}
+}
+
+// keyForms are the forms in which key bytes could be printed.
+func keyForms(key []byte) []string {
+	return []string{
+		string(key),
+		hex.EncodeToString(key),
+		strings.ToUpper(hex.EncodeToString(key)),
+		base64.StdEncoding.EncodeToString(key),
+		base64.RawStdEncoding.EncodeToString(key),
+		base64.URLEncoding.EncodeToString(key),
+		base64.RawURLEncoding.EncodeToString(key),
+		// A prefix catches truncated or wrapped renderings.
+		hex.EncodeToString(key)[:16],
+		base64.StdEncoding.EncodeToString(key)[:16],
 	}
 }
 
