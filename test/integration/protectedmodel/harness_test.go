@@ -7,7 +7,6 @@ package protectedmodel
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -31,6 +29,7 @@ import (
 	"github.com/modelguard/modelguard/internal/builder"
 	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/internal/seal"
+	"github.com/modelguard/modelguard/test/builders"
 	"github.com/modelguard/modelguard/test/testenv"
 )
 
@@ -47,7 +46,23 @@ var (
 	writes = &writeRecorder{}
 	// logs holds everything the manager logged, to scan for key material.
 	logs = &syncBuffer{}
+	// modelKEK is the KEK of the ModelKey builders.DefaultModelKey, which
+	// every model of these tests names unless a test says otherwise.
+	modelKEK = func() []byte {
+		kek := make([]byte, keys.KEKSize)
+		_, _ = rand.Read(kek)
+		return kek
+	}()
 )
+
+// testKeyRelease is the key-release endpoint the manager gives its models.
+// Nothing serves it here: no kubelet starts the pods that would call it.
+// The verifier and the server are tested in keyrelease_test.go.
+var testKeyRelease = builder.KeyRelease{
+	URL:       "https://" + mlv1alpha1.KeyReleaseServiceName + "." + operatorNamespace + ".svc",
+	CABundle:  "-----BEGIN CERTIFICATE-----\nTUlJQg==\n-----END CERTIFICATE-----\n",
+	Namespace: operatorNamespace,
+}
 
 func TestMain(m *testing.M) {
 	var err error
@@ -64,6 +79,9 @@ func TestMain(m *testing.M) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done, err := startManager(ctx)
+	if err == nil {
+		err = createDefaultModelKey(ctx)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "protectedmodel: starting manager:", err)
 		_ = env.Stop()
@@ -95,7 +113,8 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage, OperatorNamespace: operatorNamespace}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{UnsealImage: unsealImage, OperatorNamespace: operatorNamespace,
+		KeyRelease: func() builder.KeyRelease { return testKeyRelease }}); err != nil {
 		return nil, err
 	}
 	done := make(chan struct{})
@@ -106,6 +125,31 @@ func startManager(ctx context.Context) (<-chan struct{}, error) {
 		}
 	}()
 	return done, nil
+}
+
+// createDefaultModelKey creates the ModelKey every model names by default,
+// over modelKEK in the operator's namespace, for every namespace, and waits
+// until its self-test passes.
+func createDefaultModelKey(ctx context.Context) error {
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: operatorNamespace, Name: "model-kek"},
+		Data: map[string][]byte{"kek": []byte(keys.EncodeDEK(modelKEK))}}
+	if err := k8s.Create(ctx, secret); err != nil {
+		return fmt.Errorf("creating the KEK Secret: %w", err)
+	}
+	mk := &mlv1alpha1.ModelKey{ObjectMeta: metav1.ObjectMeta{Name: builders.DefaultModelKey},
+		Spec: mlv1alpha1.ModelKeySpec{Provider: secretProvider(secret.Name, "kek"), NamespaceSelector: &metav1.LabelSelector{}}}
+	if err := k8s.Create(ctx, mk); err != nil {
+		return fmt.Errorf("creating ModelKey %s: %w", mk.Name, err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(mk), mk); err != nil {
+			return err
+		}
+		if meta.IsStatusConditionTrue(mk.Status.Conditions, mlv1alpha1.ConditionReady) {
+			return nil
+		}
+	}
+	return fmt.Errorf("ModelKey %s is not Ready after 30s: %+v", mk.Name, mk.Status.Conditions)
 }
 
 // countingTransport records every write the manager sends.
@@ -171,23 +215,24 @@ func newNamespace(t *testing.T) string {
 	return ns.Name
 }
 
-// sealedKey is a bundle's key material as a test sees it: the KEK (which
-// goes in the key Secret), the DEK (which must reach only the data-key
-// Secret) and the manifest record the key-resolve Job reports.
+// sealedKey is a bundle's key material as a test sees it: the KEK (which a
+// ModelKey's Secret holds), the DEK (which only a verified unseal container
+// may receive) and the manifest's key record.
 type sealedKey struct {
 	KEK      []byte
 	DEK      []byte
 	Resolved seal.ResolvedKey
 }
 
+// newSealedKey is the key of a bundle sealed under modelKEK, the KEK of
+// the default ModelKey.
 func newSealedKey(t *testing.T, digest string) sealedKey {
 	t.Helper()
-	kekBytes, dek := make([]byte, keys.KEKSize), make([]byte, keys.DEKSize)
-	_, _ = rand.Read(kekBytes)
+	dek := make([]byte, keys.DEKSize)
 	_, _ = rand.Read(dek)
 	bundleID := make([]byte, 16)
 	_, _ = rand.Read(bundleID)
-	k := sealedKey{KEK: kekBytes, DEK: dek}
+	k := sealedKey{KEK: modelKEK, DEK: dek}
 	k.Resolved = k.resolvedFor(t, fmt.Sprintf("%x", bundleID), digest)
 	return k
 }
@@ -214,93 +259,6 @@ func (k sealedKey) resolvedFor(t *testing.T, bundleID, digest string) seal.Resol
 // logs, events or status.
 func secretForms(b []byte) []string {
 	return []string{string(b), fmt.Sprintf("%x", b), keys.EncodeDEK(b)}
-}
-
-func createKEKSecret(t *testing.T, ns, name, key string, kek []byte) {
-	t.Helper()
-	s := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Data:       map[string][]byte{key: []byte(keys.EncodeDEK(kek))},
-	}
-	if err := k8s.Create(context.Background(), s); err != nil {
-		t.Fatalf("creating KEK Secret: %v", err)
-	}
-}
-
-// completeKeyResolve plays the Job controller and kubelet for the model's
-// key-resolve Job: a pod from the Job's template that exited 0 with the
-// manifest record as its termination message.
-func completeKeyResolve(t *testing.T, pm *mlv1alpha1.ProtectedModel, resolved seal.ResolvedKey) {
-	t.Helper()
-	message, err := json.Marshal(resolved)
-	if err != nil {
-		t.Fatal(err)
-	}
-	finishKeyResolvePod(t, pm, 0, string(message))
-}
-
-func finishKeyResolvePod(t *testing.T, pm *mlv1alpha1.ProtectedModel, exitCode int32, message string) {
-	t.Helper()
-	ctx := context.Background()
-	job := &batchv1.Job{}
-	eventually(t, "the key-resolve Job is created", func() error {
-		jobs := &batchv1.JobList{}
-		if err := k8s.List(ctx, jobs, client.InNamespace(pm.Namespace), client.MatchingLabels{
-			mlv1alpha1.LabelModel: pm.Name, builder.LabelComponent: builder.ComponentKeyResolve,
-		}); err != nil {
-			return err
-		}
-		if len(jobs.Items) != 1 {
-			return fmt.Errorf("%d key-resolve Jobs", len(jobs.Items))
-		}
-		*job = jobs.Items[0]
-		return nil
-	})
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace:   pm.Namespace,
-			Name:        job.Name + "-pod",
-			Labels:      mergeLabels(job.Spec.Template.Labels, map[string]string{batchv1.JobNameLabel: job.Name}),
-			Annotations: job.Spec.Template.Annotations,
-		},
-		Spec: job.Spec.Template.Spec,
-	}
-	if err := k8s.Create(ctx, pod); err != nil {
-		t.Fatalf("creating key-resolve pod: %v", err)
-	}
-	pod.Status.Phase = corev1.PodSucceeded
-	if exitCode != 0 {
-		pod.Status.Phase = corev1.PodFailed
-	}
-	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{
-		Name:  builder.KeyResolveContainerName,
-		Image: unsealImage,
-		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: exitCode, Message: message}},
-	}}
-	if err := k8s.Status().Update(ctx, pod); err != nil {
-		t.Fatalf("writing key-resolve pod status: %v", err)
-	}
-	if exitCode != 0 {
-		job.Status.Conditions = append(job.Status.Conditions,
-			batchv1.JobCondition{Type: batchv1.JobFailureTarget, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", LastTransitionTime: metav1.Now()},
-			batchv1.JobCondition{Type: batchv1.JobFailed, Status: corev1.ConditionTrue, Reason: "BackoffLimitExceeded", LastTransitionTime: metav1.Now()})
-		now := metav1.Now()
-		job.Status.StartTime = &now
-		job.Status.Failed = 1
-		if err := k8s.Status().Update(ctx, job); err != nil {
-			t.Fatalf("writing key-resolve Job status: %v", err)
-		}
-	}
-}
-
-func mergeLabels(maps ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range maps {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // eventually retries check for up to 30 seconds.

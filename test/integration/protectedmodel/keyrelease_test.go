@@ -58,7 +58,9 @@ func newReleaseFixture(t *testing.T) *releaseFixture {
 	waitForModelKey(t, f.modelKey, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
 	f.verifier = &keyrelease.ProtectedModelVerifier{
 		Reader: k8s, TokenReviews: k8s,
-		Facts:       builder.ProtectedModelFacts{UnsealImage: unsealImage},
+		Facts: func() builder.ProtectedModelFacts {
+			return builder.ProtectedModelFacts{UnsealImage: unsealImage, KeyRelease: testKeyRelease}
+		},
 		ModelKeyFor: func(*mlv1alpha1.ProtectedModel) (string, error) { return f.modelKey, nil },
 	}
 	return f

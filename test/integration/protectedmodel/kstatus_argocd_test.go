@@ -73,18 +73,9 @@ func waitForReadiness(t *testing.T, pm *mlv1alpha1.ProtectedModel, want readines
 func TestGenericToolsFollowTheController(t *testing.T) {
 	t.Run("reconciling, then ready", func(t *testing.T) {
 		ns := newNamespace(t)
-		pm := builders.MakeProtectedModel("kstatus", ns).Obj()
-		key := newSealedKey(t, pm.Spec.Weights.Digest)
-		createKEKSecret(t, ns, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
-		if err := k8s.Create(context.Background(), pm); err != nil {
-			t.Fatal(err)
-		}
-		// The key-resolve Job has not finished: the controller is working.
-		waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionReconciling, metav1.ConditionTrue, mlv1alpha1.ReasonProgressing)
-		waitForReadiness(t, pm, readiness{Kstatus: status.InProgressStatus, ArgoCD: "Progressing", MessagePart: "key-resolve Job"})
-
-		completeKeyResolve(t, pm, key.Resolved)
-		waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped)
+		pm, _ := protectedModel(t, builders.MakeProtectedModel("kstatus", ns))
+		// No pod has unsealed yet: the controller is working.
+		waitForReadiness(t, pm, readiness{Kstatus: status.InProgressStatus, ArgoCD: "Progressing", MessagePart: ""})
 		d := getDeployment(t, pm)
 		createServerPod(t, d, pm.Name+"-abc", unsealedPodStatus(0, "ok digest="+pm.Spec.Weights.Digest+" files=1 bytes=10 seconds=0.1"))
 		markDeploymentAvailable(t, d)
@@ -94,12 +85,12 @@ func TestGenericToolsFollowTheController(t *testing.T) {
 
 	t.Run("stalled", func(t *testing.T) {
 		ns := newNamespace(t)
-		pm := builders.MakeProtectedModel("kstatus", ns).Obj()
-		// No key Secret: the model fails closed until someone creates it.
+		pm := builders.MakeProtectedModel("kstatus", ns).ModelKey("absent-" + ns).Obj()
+		// No such ModelKey: the model fails closed until someone creates it.
 		if err := k8s.Create(context.Background(), pm); err != nil {
 			t.Fatal(err)
 		}
-		waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonKeySecretNotFound)
-		waitForReadiness(t, pm, readiness{Kstatus: status.FailedStatus, ArgoCD: "Degraded", MessagePart: pm.Spec.Weights.Key.SecretRef.Name})
+		waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonModelKeyNotFound)
+		waitForReadiness(t, pm, readiness{Kstatus: status.FailedStatus, ArgoCD: "Degraded", MessagePart: "absent-" + ns})
 	})
 }

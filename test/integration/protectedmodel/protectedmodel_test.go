@@ -13,31 +13,35 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
-	"github.com/modelguard/modelguard/internal/keys"
 	"github.com/modelguard/modelguard/test/builders"
 )
 
-// protectedModel creates a model whose key resolves, and waits until its
-// Deployment is scaled up: the state every serving test starts from.
+// protectedModel creates a model under the default ModelKey and waits until
+// its key may be released and its Deployment is scaled up: the state every
+// serving test starts from.
 func protectedModel(t *testing.T, w *builders.ProtectedModelWrapper) (*mlv1alpha1.ProtectedModel, sealedKey) {
 	t.Helper()
 	pm := w.Obj()
 	key := newSealedKey(t, pm.Spec.Weights.Digest)
-	createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
 	if err := k8s.Create(context.Background(), pm); err != nil {
 		t.Fatalf("creating ProtectedModel: %v", err)
 	}
-	completeKeyResolve(t, pm, key.Resolved)
-	waitForCondition(t, pm.Namespace, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped)
+	waitForCondition(t, pm.Namespace, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable)
+	eventually(t, "the Deployment is scaled up", func() error {
+		if d := getDeployment(t, pm); ptr.Deref(d.Spec.Replicas, 0) != builder.Replicas(pm) {
+			return fmt.Errorf("replicas %d", ptr.Deref(d.Spec.Replicas, 0))
+		}
+		return nil
+	})
 	return pm, key
 }
 
@@ -133,7 +137,7 @@ func TestProtectedModelServesFromSealedWeights(t *testing.T) {
 
 	d := getDeployment(t, pm)
 	if got := *d.Spec.Replicas; got != 1 {
-		t.Fatalf("Deployment replicas = %d, want 1 once the key resolved", got)
+		t.Fatalf("Deployment replicas = %d, want 1 once the ModelKey may be used", got)
 	}
 	podSpec := d.Spec.Template.Spec
 	if len(podSpec.InitContainers) != 1 || podSpec.InitContainers[0].Name != builder.UnsealContainerName {
@@ -143,12 +147,22 @@ func TestProtectedModelServesFromSealedWeights(t *testing.T) {
 	if unseal.Image != unsealImage || !slices.Contains(unseal.Command, "--expect-digest") || !slices.Contains(unseal.Command, pm.Spec.Weights.Digest) {
 		t.Errorf("unseal container %q %v does not verify the digest with the operator's image", unseal.Image, unseal.Command)
 	}
-	// Only the init container may see the data key.
-	if !mountsVolume(unseal, "data-key") {
-		t.Errorf("unseal container does not mount the data key")
+	// Only the init container holds the key-release token; no Secret is
+	// mounted at all.
+	if !mountsVolume(unseal, mlv1alpha1.KeyReleaseTokenVolume) || !slices.Contains(unseal.Command, testKeyRelease.URL) {
+		t.Errorf("unseal container %v does not call key release with its token", unseal.Command)
 	}
-	if mountsVolume(server, "data-key") || len(server.EnvFrom) > 0 {
-		t.Errorf("server container can reach the data key: mounts %v envFrom %v", server.VolumeMounts, server.EnvFrom)
+	if mountsVolume(server, mlv1alpha1.KeyReleaseTokenVolume) || len(server.EnvFrom) > 0 {
+		t.Errorf("server container can reach the key-release token: mounts %v envFrom %v", server.VolumeMounts, server.EnvFrom)
+	}
+	for _, v := range podSpec.Volumes {
+		if v.Secret != nil {
+			t.Errorf("the pod mounts Secret %s", v.Secret.SecretName)
+		}
+		if v.Projected != nil && (len(v.Projected.Sources) != 1 || v.Projected.Sources[0].ServiceAccountToken == nil ||
+			v.Projected.Sources[0].ServiceAccountToken.Audience != mlv1alpha1.KeyReleaseAudience) {
+			t.Errorf("projected volume %s is not only a token for %s: %+v", v.Name, mlv1alpha1.KeyReleaseAudience, v.Projected)
+		}
 	}
 	if podSpec.AutomountServiceAccountToken == nil || *podSpec.AutomountServiceAccountToken {
 		t.Errorf("pod mounts a service-account token")
@@ -164,24 +178,9 @@ func TestProtectedModelServesFromSealedWeights(t *testing.T) {
 		}
 	}
 
-	// The data-key Secret holds the DEK, never the KEK.
-	secret := &corev1.Secret{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, secret); err != nil {
-		t.Fatalf("reading data-key Secret: %v", err)
-	}
-	if got, want := string(secret.Data[builder.DataKeySecretKey]), keys.EncodeDEK(key.DEK); got != want {
-		t.Errorf("data-key Secret does not hold the bundle's unwrapped DEK")
-	}
-	if secret.Labels[mlv1alpha1.LabelDataKey] != "true" {
-		t.Errorf("data-key Secret lacks label %s", mlv1alpha1.LabelDataKey)
-	}
-	for _, form := range secretForms(key.KEK) {
-		for k, v := range secret.Data {
-			if strings.Contains(string(v), form) {
-				t.Errorf("data-key Secret entry %q contains the KEK", k)
-			}
-		}
-	}
+	// No key material is written to the model's namespace: no Secret and
+	// no Job at all.
+	assertNoSecretsOrJobs(t, ns)
 
 	// The kubelet reports a finished unseal and the Deployment becomes
 	// available: the model is Protected.
@@ -223,11 +222,32 @@ func TestProtectedModelServesFromSealedWeights(t *testing.T) {
 	if len(policy.Spec.Ingress) != 1 || policy.Spec.Ingress[0].Ports[0].Port.IntValue() != 8080 {
 		t.Errorf("ingress = %+v, want one rule on port 8080", policy.Spec.Ingress)
 	}
-	if len(policy.Spec.Egress) != 2 || policy.Spec.Egress[1].To[0].IPBlock.CIDR != "10.20.0.0/16" {
-		t.Errorf("egress = %+v, want DNS and 10.20.0.0/16", policy.Spec.Egress)
+	if len(policy.Spec.Egress) != 3 || policy.Spec.Egress[1].Ports[0].Port.IntValue() != mlv1alpha1.KeyReleasePort ||
+		policy.Spec.Egress[2].To[0].IPBlock.CIDR != "10.20.0.0/16" {
+		t.Errorf("egress = %+v, want DNS, key release and 10.20.0.0/16", policy.Spec.Egress)
 	}
 
 	assertNoKeyMaterial(t, ns, pm.Name, key)
+}
+
+// assertNoSecretsOrJobs checks that the operator wrote no Secret and no Job
+// into the model's namespace: the data key is never stored in the cluster.
+func assertNoSecretsOrJobs(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	secrets, jobs := &corev1.SecretList{}, &batchv1.JobList{}
+	if err := k8s.List(ctx, secrets, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		t.Errorf("Secret %s exists in the model's namespace", s.Name)
+	}
+	for _, j := range jobs.Items {
+		t.Errorf("Job %s exists in the model's namespace", j.Name)
+	}
 }
 
 func mountsVolume(c corev1.Container, volume string) bool {
@@ -270,93 +290,65 @@ func assertNoKeyMaterial(t *testing.T, ns, name string, key sealedKey) {
 // pod may start, the reason is in the conditions, and no key leaks.
 func TestFailClosed(t *testing.T) {
 	tests := []struct {
-		name        string
-		model       func(ns string) *builders.ProtectedModelWrapper
-		setup       func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey)
+		name  string
+		model func(ns string) *builders.ProtectedModelWrapper
+		// setup runs before the model is created; ns is its namespace.
+		setup       func(t *testing.T, ns string)
 		condition   string
 		reason      string
 		messagePart string
 	}{
 		{
-			name:      "key Secret missing",
-			model:     func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("nokey", ns) },
-			setup:     func(*testing.T, *mlv1alpha1.ProtectedModel, sealedKey) {},
-			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeySecretNotFound,
-			messagePart: "nokey-kek",
+			name: "ModelKey missing",
+			model: func(ns string) *builders.ProtectedModelWrapper {
+				return builders.MakeProtectedModel("nokey", ns).ModelKey("absent-" + ns)
+			},
+			setup:     func(*testing.T, string) {},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonModelKeyNotFound,
+			messagePart: "ModelKey absent-",
 		},
 		{
-			name:  "key missing from Secret",
-			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("wrongentry", ns) },
-			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
-				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, "other", key.KEK)
+			name: "ModelKey not Ready: its Secret is missing",
+			model: func(ns string) *builders.ProtectedModelWrapper {
+				return builders.MakeProtectedModel("brokenkey", ns).ModelKey("broken-" + ns)
 			},
-			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyNotInSecret,
-			messagePart: `no key "kek"`,
+			setup: func(t *testing.T, ns string) {
+				createModelKey(t, "broken-"+ns, secretProvider("no-such-secret", "kek"), nil)
+			},
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonModelKeyNotReady,
+			messagePart: "no-such-secret",
 		},
 		{
-			name:  "wrong KEK",
-			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("wrongkek", ns) },
-			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
-				other := newSealedKey(t, pm.Spec.Weights.Digest)
-				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, other.KEK)
-				completeKeyResolve(t, pm, key.Resolved)
+			name: "ModelKey does not select the namespace",
+			model: func(ns string) *builders.ProtectedModelWrapper {
+				return builders.MakeProtectedModel("otherteam", ns).ModelKey("vision-" + ns)
 			},
-			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyUnwrapFailed,
-			messagePart: "wrong key",
-		},
-		{
-			name:  "bundle holds another model",
-			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("otherdigest", ns) },
-			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
-				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
-				key.Resolved.ModelDigest = "sha256:" + strings.Repeat("ab", 32)
-				completeKeyResolve(t, pm, key.Resolved)
+			setup: func(t *testing.T, ns string) {
+				createModelKey(t, "vision-"+ns, secretProvider("model-kek", "kek"), &metav1.LabelSelector{MatchLabels: map[string]string{"team": "vision"}})
+				waitForModelKey(t, "vision-"+ns, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
 			},
-			condition: mlv1alpha1.ConditionWeightsVerified, reason: mlv1alpha1.ReasonDigestMismatch,
-			messagePart: "sha256:abab",
-		},
-		{
-			name:  "manifest unreadable",
-			model: func(ns string) *builders.ProtectedModelWrapper { return builders.MakeProtectedModel("badbundle", ns) },
-			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
-				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
-				finishKeyResolvePod(t, pm, 1, "manifest.json: manifest failed authentication")
-			},
-			condition: mlv1alpha1.ConditionWeightsVerified, reason: mlv1alpha1.ReasonBundleTampered,
-			messagePart: "manifest failed authentication",
+			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyNotPermitted,
+			messagePart: "does not select namespace",
 		},
 		{
 			name: "memory limit below the plaintext size",
 			model: func(ns string) *builders.ProtectedModelWrapper {
 				return builders.MakeProtectedModel("smallmem", ns).Memory("2Gi").MemoryLimit("1Gi")
 			},
-			setup: func(t *testing.T, pm *mlv1alpha1.ProtectedModel, key sealedKey) {
-				createKEKSecret(t, pm.Namespace, pm.Spec.Weights.Key.SecretRef.Name, pm.Spec.Weights.Key.SecretRef.Key, key.KEK)
-				completeKeyResolve(t, pm, key.Resolved)
-			},
+			setup:     func(*testing.T, string) {},
 			condition: mlv1alpha1.ConditionStalled, reason: mlv1alpha1.ReasonMemoryTooSmall,
 			messagePart: "spec.weights.memory",
-		},
-		{
-			name: "key provider not supported yet",
-			model: func(ns string) *builders.ProtectedModelWrapper {
-				return builders.MakeProtectedModel("kms", ns).Key(builders.AWSKMSKey("arn:aws:kms:eu-west-1:111122223333:key/abc", "eu-west-1"))
-			},
-			setup:     func(*testing.T, *mlv1alpha1.ProtectedModel, sealedKey) {},
-			condition: mlv1alpha1.ConditionKeyAvailable, reason: mlv1alpha1.ReasonKeyProviderUnavailable,
-			messagePart: "AWSKMS",
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			ns := newNamespace(t)
+			tc.setup(t, ns)
 			pm := tc.model(ns).Obj()
-			key := newSealedKey(t, pm.Spec.Weights.Digest)
 			if err := k8s.Create(ctx, pm); err != nil {
 				t.Fatalf("creating ProtectedModel: %v", err)
 			}
-			tc.setup(t, pm, key)
 
 			// Stalled is the one condition whose True is bad news.
 			want := metav1.ConditionFalse
@@ -373,18 +365,61 @@ func TestFailClosed(t *testing.T) {
 				t.Errorf("phase = %s, want Failed", pm.Status.Phase)
 			}
 
-			// Fail closed: a Deployment at zero replicas and no data key.
+			// Fail closed: a Deployment at zero replicas, and nothing of
+			// the key in the namespace.
 			d := getDeployment(t, pm)
 			if *d.Spec.Replicas != 0 {
 				t.Errorf("Deployment replicas = %d, want 0 while the model cannot be protected", *d.Spec.Replicas)
 			}
-			err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, &corev1.Secret{})
-			if !apierrors.IsNotFound(err) {
-				t.Errorf("data-key Secret exists (err %v) while the model cannot be protected", err)
-			}
-			assertNoKeyMaterial(t, ns, pm.Name, key)
+			assertNoSecretsOrJobs(t, ns)
+			assertNoKeyMaterial(t, ns, pm.Name, newSealedKey(t, pm.Spec.Weights.Digest))
 		})
 	}
+}
+
+// TestModelKeyChangesReachTheModel: narrowing a ModelKey's namespaceSelector
+// takes the key away from a serving model (held at zero pods, reason
+// KeyNotPermitted), and labelling the namespace gives it back: both through
+// the watches, without touching the model.
+func TestModelKeyChangesReachTheModel(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	name := "shared-" + ns
+	mk := createModelKey(t, name, secretProvider("model-kek", "kek"), nil)
+	waitForModelKey(t, name, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("moved", ns).ModelKey(name))
+
+	if err := k8s.Get(ctx, client.ObjectKeyFromObject(mk), mk); err != nil {
+		t.Fatal(err)
+	}
+	mk.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"modelguard.dev/test-team": "nlp"}}
+	if err := k8s.Update(ctx, mk); err != nil {
+		t.Fatalf("narrowing the ModelKey: %v", err)
+	}
+	waitForModelKey(t, name, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
+	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotPermitted)
+	eventually(t, "the Deployment is held at zero", func() error {
+		if d := getDeployment(t, pm); *d.Spec.Replicas != 0 {
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		return nil
+	})
+
+	namespace := &corev1.Namespace{}
+	if err := k8s.Get(ctx, client.ObjectKey{Name: ns}, namespace); err != nil {
+		t.Fatal(err)
+	}
+	namespace.Labels["modelguard.dev/test-team"] = "nlp"
+	if err := k8s.Update(ctx, namespace); err != nil {
+		t.Fatalf("labelling the namespace: %v", err)
+	}
+	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable)
+	eventually(t, "the Deployment is scaled up again", func() error {
+		if d := getDeployment(t, pm); *d.Spec.Replicas != 1 {
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		return nil
+	})
 }
 
 func findCondition(pm *mlv1alpha1.ProtectedModel, conditionType string) metav1.Condition {
@@ -535,8 +570,8 @@ func TestOwnershipOnEveryManagedObject(t *testing.T) {
 	createServerPod(t, d, pm.Name+"-swept", unsealedPodStatus(0, ""))
 
 	lists := []client.ObjectList{
-		&appsv1.DeploymentList{}, &corev1.ServiceList{}, &corev1.ServiceAccountList{}, &corev1.SecretList{},
-		&networkingv1.NetworkPolicyList{}, &corev1.PodList{}, &batchv1.JobList{},
+		&appsv1.DeploymentList{}, &corev1.ServiceList{}, &corev1.ServiceAccountList{},
+		&networkingv1.NetworkPolicyList{}, &corev1.PodList{},
 	}
 	wantAnnotations := map[string]string{
 		mlv1alpha1.AnnotationOwner:          builders.DefaultOwner,
@@ -562,8 +597,8 @@ func TestOwnershipOnEveryManagedObject(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, obj := range items {
-			if obj.GetName() == builders.KEKSecretName(pm.Name) || obj.GetName() == "default" {
-				continue // made by the test / by Kubernetes, not by ModelGuard
+			if obj.GetName() == "default" {
+				continue // the namespace's ServiceAccount, made by Kubernetes
 			}
 			swept++
 			what := fmt.Sprintf("%T %s", obj, obj.GetName())
@@ -579,33 +614,34 @@ func TestOwnershipOnEveryManagedObject(t *testing.T) {
 			}
 		}
 	}
-	// SA, data-key Secret, NetworkPolicy, Service, Deployment, key-resolve
-	// Job and its pod, server pod.
-	if swept < 8 {
-		t.Errorf("swept %d objects, want at least 8", swept)
+	// SA, NetworkPolicy, Service, Deployment, server pod.
+	if swept < 5 {
+		t.Errorf("swept %d objects, want at least 5", swept)
 	}
 }
 
-// TestKeyOrDigestChangeRollsPods: a new KEK reference or digest changes the
-// pod template, so pods restart with the new key and expectations.
+// TestKeyOrDigestChangeRollsPods: another ModelKey or digest changes the pod
+// template, so pods restart and unseal under the new key and expectations.
 func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
-	pm, key := protectedModel(t, builders.MakeProtectedModel("roll", ns))
+	pm, _ := protectedModel(t, builders.MakeProtectedModel("roll", ns))
 	before := getDeployment(t, pm).Spec.Template.Annotations[builder.AnnotationConfigHash]
 	if before == "" {
 		t.Fatalf("pod template has no %s annotation", builder.AnnotationConfigHash)
 	}
 
-	// The same KEK under another Secret name: the data key is unchanged, but
-	// the reference is, and pods must pick it up.
-	createKEKSecret(t, ns, "rotated-kek", "kek", key.KEK)
+	// The same KEK under another ModelKey: the reference changes, and pods
+	// must be verified and unsealed under it.
+	rotated := "rotated-" + ns
+	createModelKey(t, rotated, secretProvider("model-kek", "kek"), nil)
+	waitForModelKey(t, rotated, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
 	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
 		t.Fatal(err)
 	}
-	pm.Spec.Weights.Key.SecretRef.Name = "rotated-kek"
+	pm.Spec.Weights.Key.ModelKey = rotated
 	if err := k8s.Update(ctx, pm); err != nil {
-		t.Fatalf("changing the key reference: %v", err)
+		t.Fatalf("changing the ModelKey: %v", err)
 	}
 	var after string
 	eventually(t, "the pod template hash changes", func() error {
@@ -616,7 +652,7 @@ func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 		return nil
 	})
 
-	// A new digest needs a new key resolution; until then pods are held.
+	// A new digest: the unseal container expects it, and the pods roll.
 	newDigest := "sha256:" + strings.Repeat("cd", 32)
 	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
 		t.Fatal(err)
@@ -625,26 +661,6 @@ func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 	if err := k8s.Update(ctx, pm); err != nil {
 		t.Fatalf("changing the digest: %v", err)
 	}
-	eventually(t, "the Deployment is held at zero until the new bundle resolves", func() error {
-		d := getDeployment(t, pm)
-		if *d.Spec.Replicas != 0 {
-			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
-		}
-		return nil
-	})
-	// The wrapped key is bound to its bundle's digest: the new bundle has its own.
-	key.Resolved = key.resolvedFor(t, key.Resolved.BundleID, newDigest)
-	eventually(t, "the stale key-resolve Job is deleted", func() error {
-		jobs := &batchv1.JobList{}
-		if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
-			return err
-		}
-		if len(jobs.Items) != 1 {
-			return fmt.Errorf("%d key-resolve Jobs", len(jobs.Items))
-		}
-		return nil
-	})
-	completeKeyResolve(t, pm, key.Resolved)
 	eventually(t, "the pods roll with the new digest", func() error {
 		d := getDeployment(t, pm)
 		if *d.Spec.Replicas != 1 || d.Spec.Template.Annotations[builder.AnnotationConfigHash] == after {
@@ -669,19 +685,13 @@ func metaItems(list client.ObjectList) ([]client.Object, error) {
 	return out, nil
 }
 
-// TestOwnershipEditKeepsServing: an edit that changes the key-resolve pod
-// template but not the bundle, digest or key (here the copyright) starts a
-// new key-resolve Job, and the model keeps serving with the data key it has.
+// TestOwnershipEditKeepsServing: an edit that changes neither the bundle,
+// the digest nor the key (here the copyright) reaches every child and never
+// takes the model's pods away.
 func TestOwnershipEditKeepsServing(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	pm, _ := protectedModel(t, builders.MakeProtectedModel("edited", ns))
-	jobs := &batchv1.JobList{}
-	if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil || len(jobs.Items) != 1 {
-		t.Fatalf("want one key-resolve Job before the edit, got %d (%v)", len(jobs.Items), err)
-	}
-	firstJob := jobs.Items[0].Name
-
 	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
 		t.Fatal(err)
 	}
@@ -689,30 +699,19 @@ func TestOwnershipEditKeepsServing(t *testing.T) {
 	if err := k8s.Update(ctx, pm); err != nil {
 		t.Fatalf("editing the copyright: %v", err)
 	}
-	eventually(t, "a new key-resolve Job replaces the old one", func() error {
-		if err := k8s.List(ctx, jobs, client.InNamespace(ns)); err != nil {
-			return err
-		}
-		if len(jobs.Items) != 1 || jobs.Items[0].Name == firstJob {
-			return fmt.Errorf("%d Jobs, first %s", len(jobs.Items), jobs.Items[0].Name)
-		}
-		return nil
-	})
 	eventually(t, "the Deployment carries the new copyright", func() error {
 		d := getDeployment(t, pm)
+		if *d.Spec.Replicas != 1 {
+			t.Fatalf("Deployment scaled to %d by an ownership edit", *d.Spec.Replicas)
+		}
 		if d.Annotations[mlv1alpha1.AnnotationCopyright] != pm.Spec.Ownership.Copyright {
 			return fmt.Errorf("copyright annotation %q", d.Annotations[mlv1alpha1.AnnotationCopyright])
 		}
 		return nil
 	})
-	// The new Job has not finished (no kubelet here); for several resyncs
-	// the model must keep its replicas and its data key.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
 		if d := getDeployment(t, pm); *d.Spec.Replicas != 1 {
-			t.Fatalf("Deployment scaled to %d while re-resolving an unchanged bundle", *d.Spec.Replicas)
-		}
-		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: builder.DataKeySecretName(pm)}, &corev1.Secret{}); err != nil {
-			t.Fatalf("data-key Secret gone while re-resolving an unchanged bundle: %v", err)
+			t.Fatalf("Deployment scaled to %d after an ownership edit", *d.Spec.Replicas)
 		}
 	}
 }

@@ -138,7 +138,7 @@ func TestLivePolicyThatMissesThePodsIsRepaired(t *testing.T) {
 	if err := k8s.Update(ctx, policy, client.FieldOwner("kubectl-edit")); err != nil {
 		t.Fatalf("editing the policy: %v", err)
 	}
-	waitForEvent(t, pm, mlv1alpha1.ReasonPolicyNotApplied, "NetworkIsolated=False", "NetworkPolicy "+pm.Name+" does not select the key-resolve and server pods")
+	waitForEvent(t, pm, mlv1alpha1.ReasonPolicyNotApplied, "NetworkIsolated=False", "NetworkPolicy "+pm.Name+" does not select the server pods")
 	eventually(t, "the operator removes the tenant's selector label", func() error {
 		if err := k8s.Get(ctx, client.ObjectKeyFromObject(policy), policy); err != nil {
 			return err
