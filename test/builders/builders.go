@@ -25,9 +25,9 @@ const (
 	DefaultTrainImage  = "registry.example.com/acme/trainer:1.0"
 	DefaultClaimName   = "sealed-models"
 	// DefaultModelKey is the ModelKey the minimal objects name.
-	DefaultModelKey = "models"
-	DefaultMemory      = "1Gi"
-	DefaultOutputSize  = "10Gi"
+	DefaultModelKey   = "models"
+	DefaultMemory     = "1Gi"
+	DefaultOutputSize = "10Gi"
 	// DefaultDigest is the sha256 of the empty string: well-formed, and
 	// obviously not a real model.
 	DefaultDigest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
