@@ -20,6 +20,10 @@ import (
 
 const digest = "sha256:620df455f2938f340552eb5b1ff0c3764e37ec72de553aaebb87c2e44c3d5d0f"
 
+// longModelKey is a valid ModelKey name of the maximum length, 253
+// characters: four labels of 63 joined by dots.
+var longModelKey = strings.Repeat("k", 63) + "." + strings.Repeat("e", 63) + "." + strings.Repeat("y", 63) + "." + strings.Repeat("s", 61)
+
 // TestDefaults sends objects that set only required fields (and the blocks
 // whose nested defaults are under test) as YAML, the way a person writes
 // them, and compares the whole spec the API server stores with the defaults
@@ -44,10 +48,7 @@ spec:
         url: https://models.example.com/minimal/
     digest: `+digest+`
     key:
-      vaultTransit:
-        address: https://vault.example.com:8200
-        keyName: models
-        role: modelguard
+      modelKey: models-prod
     memory: 1Gi
   server:
     image: registry.example.com/acme/serve:1.0
@@ -75,10 +76,7 @@ spec:
 			Weights: mlv1alpha1.SealedWeights{
 				Source: mlv1alpha1.WeightsSource{HTTP: &mlv1alpha1.HTTPSource{URL: "https://models.example.com/minimal/"}},
 				Digest: digest,
-				Key: mlv1alpha1.KeySource{VaultTransit: &mlv1alpha1.VaultTransitKey{
-					Address: "https://vault.example.com:8200", KeyName: "models", Role: "modelguard",
-					MountPath: "transit", // defaulted
-				}},
+				Key:    mlv1alpha1.ModelKeyReference{ModelKey: "models-prod"}, // nothing defaulted
 				Memory: resource.MustParse("1Gi"),
 			},
 			Server: mlv1alpha1.ModelServer{
@@ -116,9 +114,7 @@ spec:
     size: 10Gi
     seal:
       key:
-        secretRef:
-          name: kek
-          key: kek
+        modelKey: trained-models
 `)
 		if err := env.Client.Create(ctx, sent); err != nil {
 			t.Fatalf("creating: %v", err)
@@ -139,7 +135,7 @@ spec:
 			Output: mlv1alpha1.TrainingOutput{
 				Size:                    resource.MustParse("10Gi"),
 				AllowUnencryptedStorage: false, // defaulted; omitempty hides it from Go
-				Seal:                    mlv1alpha1.SealSpec{Key: builders.SecretKey("kek", "kek")},
+				Seal:                    mlv1alpha1.SealSpec{Key: mlv1alpha1.ModelKeyReference{ModelKey: "trained-models"}},
 			},
 		}
 		if diff := cmp.Diff(want, got.Spec); diff != "" {
@@ -184,12 +180,12 @@ func TestValidVariantsAccepted(t *testing.T) {
 			HTTPSource("https://models.example.com:8443/bundles/v3/?version=3"),
 		"http source on IPv6 literal":    builders.MakeProtectedModel("http-ipv6", ns).HTTPSource("https://[2001:db8::1]/bundle/"),
 		"volume path with dots in names": builders.MakeProtectedModel("vol-dots", ns).VolumeSource("sealed.models", "weights/v1..v2/.sealed"),
-		"aws kms key": builders.MakeProtectedModel("kms", ns).Key(mlv1alpha1.KeySource{AWSKMS: &mlv1alpha1.AWSKMSKey{
-			KeyID: "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab", Region: "eu-west-1",
-			Endpoint: "https://vpce-0123.kms.eu-west-1.vpce.amazonaws.com"}}),
-		"aws kms alias": builders.MakeProtectedModel("kms-alias", ns).Key(builders.AWSKMSKey("alias/models", "")),
-		"vault custom mount": builders.MakeProtectedModel("vault", ns).Key(mlv1alpha1.KeySource{VaultTransit: &mlv1alpha1.VaultTransitKey{
-			Address: "https://vault.example.com:8200", KeyName: "models", Role: "modelguard", MountPath: "ml/transit"}}),
+		// A ModelKey is named, never embedded; the API server does not
+		// check that it exists (the controller reports ModelKeyNotFound).
+		"model key with dots and digits": builders.MakeProtectedModel("mk-dots", ns).ModelKey("nlp.models-2026"),
+		"model key of one character":     builders.MakeProtectedModel("mk-short", ns).ModelKey("k"),
+		"model key of 253 characters":    builders.MakeProtectedModel("mk-long", ns).ModelKey(longModelKey),
+
 		"memory 4Ti":   builders.MakeProtectedModel("mem-max", ns).Memory("4Ti").MemoryLimit("5Ti"),
 		"memory 512Mi": builders.MakeProtectedModel("mem-small", ns).Memory("512Mi"),
 		"full server": builders.MakeProtectedModel("server", ns).Command("/serve").Args("--model-dir=/weights").
@@ -241,14 +237,15 @@ func TestValidVariantsAccepted(t *testing.T) {
 	jobs := map[string]*builders.TrainingJobWrapper{
 		"minimal":   builders.MakeTrainingJob("minimal", ns),
 		"512 nodes": builders.MakeTrainingJob("nodes-max", ns).Nodes(512).GPUs(8).GPUProducts("NVIDIA-H100-80GB-HBM3"),
-		"fine-tune from https with vault": builders.MakeTrainingJob("finetune", ns).
-			BaseWeights(builders.MakeWeights("kek").HTTP("https://models.example.com/base/").
-				Key(builders.VaultTransitKey("https://vault.example.com", "base", "trainer")).Memory("80Gi").Obj()),
+		"fine-tune from https with another model key": builders.MakeTrainingJob("finetune", ns).
+			BaseWeights(builders.MakeWeights("base-models").HTTP("https://models.example.com/base/").Memory("80Gi").Obj()),
+		"base weights and output under one model key": builders.MakeTrainingJob("same-key", ns).
+			BaseWeights(builders.MakeWeights("models.nlp").Volume("sealed-base", "llama/v1").Obj()).SealKey("models.nlp"),
 		"data from claims and urls": builders.MakeTrainingJob("data", ns).
 			DataFromClaim("reviews", "review-corpus", true).DataFromClaim("scratch", "scratch", false).
 			DataFromURL("labels", "https://data.example.com/labels.jsonl"),
 		"output options": builders.MakeTrainingJob("output", ns).StorageClass("encrypted-ssd").OutputSize("2Ti").
-			AllowUnencryptedStorage(true).SealKey(builders.AWSKMSKey("alias/trained", "us-east-1")).PromoteTo(strings.Repeat("p", 50)),
+			AllowUnencryptedStorage(true).SealKey("trained-models").PromoteTo(strings.Repeat("p", 50)),
 		"scheduling": builders.MakeTrainingJob("sched", ns).QueueName("gpu-training").BackoffLimit(100).ActiveDeadlineSeconds(1),
 		"container": builders.MakeTrainingJob("container", ns).Command("torchrun").Args("train.py").Env("NCCL_DEBUG", "WARN").
 			Resources(corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("16")}}),

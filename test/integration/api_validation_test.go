@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -26,6 +27,13 @@ type invalidCase struct {
 }
 
 var longName = "m" + strings.Repeat("x", 50) // 51 characters
+
+// badModelKey is what the API server says of a modelKey that is not a
+// ModelKey name.
+const badModelKey = "key.modelKey must be a ModelKey name: a lowercase RFC 1123 subdomain"
+
+// withBaseWeights gives a TrainingJob minimal valid baseWeights.
+func withBaseWeights(w *TJW) { w.BaseWeights(builders.MakeWeights(builders.DefaultModelKey).Obj()) }
 
 // rootField is how the API server names the field of a rule on the object's
 // root. The metadata.name rules must live there (a CRD schema cannot carry
@@ -77,25 +85,21 @@ var invalidObjects = []invalidCase{
 	{"digest other algorithm", pm(func(w *PMW) { w.Digest("md5:" + strings.Repeat("a", 64)) }), "spec.weights.digest", "weights.digest must be sha256: followed by 64 lowercase hex digits"},
 	{"digest uppercase hex", pm(func(w *PMW) { w.Digest("sha256:" + strings.Repeat("A", 64)) }), "spec.weights.digest", "weights.digest must be sha256: followed by 64 lowercase hex digits"},
 
-	// weights.key
-	{"key none", pm(func(w *PMW) { w.Key(mlv1alpha1.KeySource{}) }), "spec.weights.key", "key must set exactly one of secretRef, awsKms or vaultTransit"},
-	{"key two providers", pm(func(w *PMW) {
-		w.Spec.Weights.Key.AWSKMS = &mlv1alpha1.AWSKMSKey{KeyID: "alias/models"}
-	}), "spec.weights.key", "key must set exactly one of secretRef, awsKms or vaultTransit"},
-	{"secretRef key missing", rawPM(nil, drop("spec", "weights", "key", "secretRef", "key")), "spec.weights.key.secretRef.key", "Required value"},
-	{"secretRef key with slash", pm(func(w *PMW) { w.SecretKey("kek", "keys/kek") }), "spec.weights.key.secretRef.key", "secretRef.key must be a Secret data key"},
-	{"secretRef name empty", pm(func(w *PMW) { w.SecretKey("", "kek") }), "spec.weights.key.secretRef.name", "at least 1 chars long"},
-	{"awsKms keyId empty", pm(func(w *PMW) { w.Key(builders.AWSKMSKey("", "eu-west-1")) }), "spec.weights.key.awsKms.keyId", "at least 1 chars long"},
-	{"awsKms region malformed", pm(func(w *PMW) { w.Key(builders.AWSKMSKey("alias/models", "Europe")) }), "spec.weights.key.awsKms.region", "awsKms.region must be an AWS region"},
-	{"awsKms endpoint plain http", pm(func(w *PMW) {
-		k := builders.AWSKMSKey("alias/models", "eu-west-1")
-		k.AWSKMS.Endpoint = "http://kms.internal:4566"
-		w.Key(k)
-	}), "spec.weights.key.awsKms.endpoint", "awsKms.endpoint must be an https URL"},
-	{"vaultTransit address plain http", pm(func(w *PMW) { w.Key(builders.VaultTransitKey("http://vault:8200", "models", "modelguard")) }), "spec.weights.key.vaultTransit.address", "vaultTransit.address must be an https URL"},
-	{"vaultTransit role missing", rawPM(func(w *PMW) { w.Key(builders.VaultTransitKey("https://vault:8200", "models", "modelguard")) },
-		drop("spec", "weights", "key", "vaultTransit", "role")), "spec.weights.key.vaultTransit.role", "Required value"},
-	{"vaultTransit keyName with space", pm(func(w *PMW) { w.Key(builders.VaultTransitKey("https://vault:8200", "my key", "modelguard")) }), "spec.weights.key.vaultTransit.keyName", "vaultTransit.keyName must start with a letter or digit"},
+	// weights.key names a cluster-scoped ModelKey; the key material and
+	// where it lives are the ModelKey's business (modelkey_api_test.go).
+	{"key missing", rawPM(nil, drop("spec", "weights", "key")), "spec.weights.key", "Required value"},
+	{"key modelKey missing", rawPM(nil, drop("spec", "weights", "key", "modelKey")), "spec.weights.key.modelKey", "Required value"},
+	{"key modelKey empty", pm(func(w *PMW) { w.ModelKey("") }), "spec.weights.key.modelKey", "at least 1 chars long"},
+	{"key modelKey not a DNS name", pm(func(w *PMW) { w.ModelKey("Models_Prod") }), "spec.weights.key.modelKey", badModelKey},
+	{"key modelKey with a namespace", pm(func(w *PMW) { w.ModelKey("ml-serving/models") }), "spec.weights.key.modelKey", badModelKey},
+	{"key modelKey too long", pm(func(w *PMW) { w.ModelKey(strings.Repeat("k", 254)) }), "spec.weights.key.modelKey", "Too long"},
+	// The in-namespace key sources are gone: the old fields are unknown, so
+	// the API server prunes them and then finds no modelKey (with strict
+	// field validation it names them: TestOldKeySourcesRejected).
+	{"key old secretRef", rawPM(nil, drop("spec", "weights", "key", "modelKey"),
+		set(map[string]any{"name": "model-kek", "key": "kek"}, "spec", "weights", "key", "secretRef")), "spec.weights.key.modelKey", "Required value"},
+	{"key old awsKms", rawPM(nil, drop("spec", "weights", "key", "modelKey"),
+		set(map[string]any{"keyId": "alias/models"}, "spec", "weights", "key", "awsKms")), "spec.weights.key.modelKey", "Required value"},
 
 	// weights.memory
 	{"memory missing", rawPM(nil, drop("spec", "weights", "memory")), "spec.weights.memory", "Required value"},
@@ -173,7 +177,16 @@ var invalidObjects = []invalidCase{
 	{"tj output missing", rawTJ(nil, drop("spec", "output")), "spec.output", "Required value"},
 	{"tj output size missing", rawTJ(nil, drop("spec", "output", "size")), "spec.output.size", "Required value"},
 	{"tj output size zero", tj(func(w *TJW) { w.OutputSize("0") }), "spec.output.size", "output.size must be greater than 0"},
-	{"tj output seal key none", tj(func(w *TJW) { w.SealKey(mlv1alpha1.KeySource{}) }), "spec.output.seal.key", "key must set exactly one of secretRef, awsKms or vaultTransit"},
+	{"tj output seal missing", rawTJ(nil, drop("spec", "output", "seal")), "spec.output.seal", "Required value"},
+	{"tj output seal key missing", rawTJ(nil, drop("spec", "output", "seal", "key")), "spec.output.seal.key", "Required value"},
+	{"tj output seal key modelKey missing", rawTJ(nil, drop("spec", "output", "seal", "key", "modelKey")), "spec.output.seal.key.modelKey", "Required value"},
+	{"tj output seal key modelKey empty", tj(func(w *TJW) { w.SealKey("") }), "spec.output.seal.key.modelKey", "at least 1 chars long"},
+	{"tj output seal key modelKey not a DNS name", tj(func(w *TJW) { w.SealKey("Models_Prod") }), "spec.output.seal.key.modelKey", badModelKey},
+	{"tj output seal key old secretRef", rawTJ(nil, drop("spec", "output", "seal", "key", "modelKey"),
+		set(map[string]any{"name": "model-kek", "key": "kek"}, "spec", "output", "seal", "key", "secretRef")), "spec.output.seal.key.modelKey", "Required value"},
+	{"tj output seal key old vaultTransit", rawTJ(nil, drop("spec", "output", "seal", "key", "modelKey"),
+		set(map[string]any{"address": "https://vault.example.com:8200", "keyName": "models", "role": "modelguard"}, "spec", "output", "seal", "key", "vaultTransit")),
+		"spec.output.seal.key.modelKey", "Required value"},
 	{"tj output storageClassName with space", tj(func(w *TJW) { w.StorageClass("fast ssd") }), "spec.output.storageClassName", "output.storageClassName must be a lowercase RFC 1123 subdomain"},
 	{"tj promoteTo not DNS-1035", tj(func(w *TJW) { w.PromoteTo("Model_V2") }), "spec.output.promoteTo", "output.promoteTo must be a ProtectedModel name"},
 	{"tj promoteTo longer than 50", tj(func(w *TJW) { w.PromoteTo(longName) }), "spec.output.promoteTo", "Too long"},
@@ -187,13 +200,19 @@ var invalidObjects = []invalidCase{
 	{"tj data readOnly on http", tj(func(w *TJW) {
 		w.Spec.Data = []mlv1alpha1.TrainingData{{Name: "d", ReadOnly: true, HTTP: &mlv1alpha1.HTTPSource{URL: "https://data.example.com/d"}}}
 	}), "spec.data[0].readOnly", "data readOnly applies only to claimName"},
-	{"tj baseWeights digest malformed", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights("kek").Digest("sha256:xyz").Obj()) }), "spec.baseWeights.digest", "weights.digest must be sha256: followed by 64 lowercase hex digits"},
-	{"tj baseWeights memory zero", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights("kek").Memory("0").Obj()) }), "spec.baseWeights.memory", "weights.memory must be greater than 0"},
+	{"tj baseWeights digest malformed", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights(builders.DefaultModelKey).Digest("sha256:xyz").Obj()) }), "spec.baseWeights.digest", "weights.digest must be sha256: followed by 64 lowercase hex digits"},
+	{"tj baseWeights memory zero", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights(builders.DefaultModelKey).Memory("0").Obj()) }), "spec.baseWeights.memory", "weights.memory must be greater than 0"},
 	{"tj baseWeights source neither", tj(func(w *TJW) {
-		sw := builders.MakeWeights("kek").Obj()
+		sw := builders.MakeWeights(builders.DefaultModelKey).Obj()
 		sw.Source = mlv1alpha1.WeightsSource{}
 		w.BaseWeights(sw)
 	}), "spec.baseWeights.source", "weights.source must set exactly one of volume or http"},
+	{"tj baseWeights key missing", rawTJ(withBaseWeights, drop("spec", "baseWeights", "key")), "spec.baseWeights.key", "Required value"},
+	{"tj baseWeights key modelKey missing", rawTJ(withBaseWeights, drop("spec", "baseWeights", "key", "modelKey")), "spec.baseWeights.key.modelKey", "Required value"},
+	{"tj baseWeights key modelKey empty", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights("").Obj()) }), "spec.baseWeights.key.modelKey", "at least 1 chars long"},
+	{"tj baseWeights key modelKey not a DNS name", tj(func(w *TJW) { w.BaseWeights(builders.MakeWeights("Models_Prod").Obj()) }), "spec.baseWeights.key.modelKey", badModelKey},
+	{"tj baseWeights key old secretRef", rawTJ(withBaseWeights, drop("spec", "baseWeights", "key", "modelKey"),
+		set(map[string]any{"name": "model-kek", "key": "kek"}, "spec", "baseWeights", "key", "secretRef")), "spec.baseWeights.key.modelKey", "Required value"},
 	{"tj queueName with space", tj(func(w *TJW) { w.QueueName("team queue") }), "spec.queueName", "queueName must be a LocalQueue name"},
 	{"tj backoffLimit negative", tj(func(w *TJW) { w.BackoffLimit(-1) }), "spec.backoffLimit", "should be greater than or equal to 0"},
 	{"tj backoffLimit above 100", tj(func(w *TJW) { w.BackoffLimit(101) }), "spec.backoffLimit", "should be less than or equal to 100"},
@@ -253,6 +272,57 @@ func TestInvalidObjectsRejected(t *testing.T) {
 			t.Errorf("no error on field %q containing %q; the API server said:\n  %s",
 				tc.field, tc.want, strings.Join(got, "\n  "))
 		})
+	}
+}
+
+// TestOldKeySourcesRejected sends manifests written for the removed
+// in-namespace key sources (key: {secretRef|awsKms|vaultTransit: ...}) with
+// strict field validation, as kubectl sends them, and checks that the API
+// server refuses them naming the old field, for every place that names a key.
+// Without strict validation the old field is pruned and the object is
+// refused for lacking modelKey.
+func TestOldKeySourcesRejected(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	oldSources := map[string]any{
+		"secretRef":    map[string]any{"name": "model-kek", "key": "kek"},
+		"awsKms":       map[string]any{"keyId": "alias/models", "region": "eu-west-1"},
+		"vaultTransit": map[string]any{"address": "https://vault.example.com:8200", "keyName": "models", "role": "modelguard"},
+	}
+	places := []struct {
+		name  string
+		build func(edits ...rawEdit) func(*testing.T, string) client.Object
+		path  []string
+	}{
+		{"ProtectedModel", func(e ...rawEdit) func(*testing.T, string) client.Object { return rawPM(nil, e...) },
+			[]string{"spec", "weights", "key"}},
+		{"TrainingJob", func(e ...rawEdit) func(*testing.T, string) client.Object { return rawTJ(withBaseWeights, e...) },
+			[]string{"spec", "baseWeights", "key"}},
+		{"TrainingJob", func(e ...rawEdit) func(*testing.T, string) client.Object { return rawTJ(nil, e...) },
+			[]string{"spec", "output", "seal", "key"}},
+	}
+	for _, place := range places {
+		for field, value := range oldSources {
+			keyPath := strings.Join(place.path, ".")
+			t.Run(place.name+"/"+keyPath+"."+field, func(t *testing.T) {
+				build := place.build(set(map[string]any{field: value}, place.path...))
+
+				// Strict (kubectl): refused before validation, naming the
+				// old field.
+				err := env.Client.Create(ctx, build(t, ns), client.FieldValidation(metav1.FieldValidationStrict))
+				want := `strict decoding error: unknown field "` + keyPath + "." + field + `"`
+				if !apierrors.IsBadRequest(err) || !strings.Contains(err.Error(), want) {
+					t.Errorf("strict: want a BadRequest containing %q, got %v", want, err)
+				}
+
+				// Default (Warn): the old field is pruned, and then the
+				// ModelKey reference is missing.
+				err = env.Client.Create(ctx, build(t, ns))
+				if got := causes(t, err); !containsPrefix(got, keyPath+".modelKey: Required value") {
+					t.Errorf("default: want a cause %q, got:\n  %s", keyPath+".modelKey: Required value", strings.Join(got, "\n  "))
+				}
+			})
+		}
 	}
 }
 
