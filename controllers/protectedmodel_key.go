@@ -84,6 +84,8 @@ func classifyUnsealError(message string) string {
 		return mlv1alpha1.ReasonDigestMismatch
 	case seal.ReasonTampered:
 		return mlv1alpha1.ReasonBundleTampered
+	case seal.ReasonKeyDenied:
+		return mlv1alpha1.ReasonKeyReleaseDenied
 	}
 	return mlv1alpha1.ReasonUnsealFailed
 }

@@ -33,6 +33,8 @@ var (
 	ignoreTransitionTime = cmpopts.IgnoreFields(metav1.Condition{}, "LastTransitionTime")
 
 	tamperMessage = (&seal.ChunkError{Path: "model.safetensors", Chunk: 37, Err: seal.ErrAuthentication}).Error()
+
+	keyDeniedMessage = "key release denied (UnsealNotRunning): key release for ProtectedModel default/m refused: the unseal init container is not running"
 )
 
 // cond is the condition a setter is expected to leave, stamped with the
@@ -458,14 +460,14 @@ func TestPhaseAndReadiness(t *testing.T) {
 	}, {
 		name: "key missing: failed closed",
 		obs: servingWith(func(o *observation) {
-			o.Key = keyState{KeyReason: mlv1alpha1.ReasonKeySecretNotFound, KeyMessage: "Secret m-kek named by spec.weights.key.secretRef does not exist"}
+			o.Key = keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonModelKeyNotFound, KeyMessage: "ModelKey models does not exist"}
 		}),
 		phase: mlv1alpha1.ModelPhaseFailed,
 		ready: cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed,
-			"not serving, failed closed: Secret m-kek named by spec.weights.key.secretRef does not exist"),
+			"not serving, failed closed: ModelKey models does not exist"),
 		reconciling: metav1.ConditionFalse,
-		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonKeySecretNotFound,
-			Message: "Secret m-kek named by spec.weights.key.secretRef does not exist", ObservedGeneration: generation},
+		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonModelKeyNotFound,
+			Message: "ModelKey models does not exist", ObservedGeneration: generation},
 	}, {
 		name:  "memory too small: failed closed",
 		obs:   servingWith(func(o *observation) { o.MemoryCoversWeights = false }),
@@ -486,6 +488,17 @@ func TestPhaseAndReadiness(t *testing.T) {
 		reconciling: metav1.ConditionFalse,
 		stalled: &metav1.Condition{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: mlv1alpha1.ReasonBundleTampered,
 			Message: tamperMessage, ObservedGeneration: generation},
+	}, {
+		// Key release refuses stalled models: stalling on a refusal would
+		// keep the model from its key after the cause is gone.
+		name: "key release refused a pod: not serving, not stalled",
+		obs: servingWith(func(o *observation) {
+			o.Pods = []corev1.Pod{unsealPod(1, keyDeniedMessage)}
+			o.Deployment.Status.AvailableReplicas, o.Deployment.Status.ReadyReplicas = 0, 0
+		}),
+		phase:       mlv1alpha1.ModelPhasePending,
+		ready:       cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonKeyReleaseDenied, "not serving yet: "+keyDeniedMessage),
+		reconciling: metav1.ConditionTrue,
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -662,6 +675,7 @@ func TestClassifyUnsealError(t *testing.T) {
 		{"tampered file whose name mentions a digest", (&seal.ChunkError{Path: "digests/model.safetensors", Chunk: 0, Err: seal.ErrAuthentication}).Error(), mlv1alpha1.ReasonBundleTampered},
 		{"another model", fmt.Errorf("%w: the bundle holds sha256:%s, expected sha256:%s", seal.ErrDigestMismatch, strings.Repeat("ab", 32), strings.Repeat("cd", 32)).Error(), mlv1alpha1.ReasonDigestMismatch},
 		{"bundle missing", "open /var/run/modelguard/bundle/manifest.json: no such file or directory", mlv1alpha1.ReasonUnsealFailed},
+		{"key release refused", "key release denied (OwnerChainBroken): key release for ProtectedModel nlp/m refused: pod nlp/rogue of ProtectedModel nlp/m: the pod is not controlled by a ReplicaSet", mlv1alpha1.ReasonKeyReleaseDenied},
 		{"destination on disk", "DEST /var/run/modelguard/model is on ext4, not on a memory-backed file system (tmpfs or ramfs), so plaintext weights would reach disk", mlv1alpha1.ReasonUnsealFailed},
 		{"https download failed", `Get "https://models.example.com/v3/manifest.json": dial tcp 203.0.113.10:443: i/o timeout`, mlv1alpha1.ReasonUnsealFailed},
 		{"an I/O error inside a chunk", (&seal.ChunkError{Path: "model.safetensors", Chunk: 2, Err: fmt.Errorf("reading: %w", errors.New("input/output error"))}).Error(), mlv1alpha1.ReasonUnsealFailed},

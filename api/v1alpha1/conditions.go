@@ -90,6 +90,9 @@ const (
 
 	// KeyAvailable.
 
+	// ReasonKeyReleaseDenied means the key-release service refused a pod of
+	// the workload its data key; the message names the check that failed.
+	ReasonKeyReleaseDenied = "KeyReleaseDenied"
 	// ReasonKeyReleasable means the workload's ModelKey is Ready and selects
 	// its namespace: the key-release service gives the data key to the
 	// workload's verified unseal containers, and to nobody else.

@@ -159,8 +159,9 @@ func parseModelRef(s string) (keyrelease.ModelRef, error) {
 	return m, nil
 }
 
-// errKeyDenied marks a final refusal by the key-release service.
-var errKeyDenied = errors.New("key release denied")
+// errKeyDenied marks a final refusal by the key-release service; the unseal
+// report files it under seal.ReasonKeyDenied.
+var errKeyDenied = seal.ErrKeyDenied
 
 // keyDeniedError is a refusal worded for the termination log, where the
 // operator and `kubectl describe` show it: the reason, then the service's

@@ -22,6 +22,9 @@ var (
 	// ErrDigestMismatch means the bundle's model digest is not the expected
 	// one.
 	ErrDigestMismatch = errors.New("model digest mismatch")
+	// ErrKeyDenied is a final refusal by the operator's key-release
+	// service: the pod was not verified, so it gets no data key.
+	ErrKeyDenied = errors.New("key release denied")
 	// ErrPlaintextDigest means a file decrypted and authenticated under the
 	// data key, but its plaintext is not the one the manifest's digest
 	// names: a holder of the data key re-encrypted it.

@@ -37,6 +37,8 @@ const (
 	ReasonDigestMismatch ReportReason = "DigestMismatch"
 	// ReasonWrongKey: the key does not open the bundle's data key.
 	ReasonWrongKey ReportReason = "WrongKey"
+	// ReasonKeyDenied: the key-release service refused the pod its key.
+	ReasonKeyDenied ReportReason = "KeyDenied"
 	// ReasonFailed: anything else, e.g. an I/O error, a full volume, a
 	// missing file or a refused destination.
 	ReasonFailed ReportReason = "Failed"
@@ -87,6 +89,8 @@ func classifyError(err error) ReportReason {
 		return ReasonTampered
 	case errors.Is(err, keys.ErrWrongKey):
 		return ReasonWrongKey
+	case errors.Is(err, ErrKeyDenied):
+		return ReasonKeyDenied
 	}
 	return ReasonFailed
 }
@@ -169,6 +173,7 @@ var failureWording = []struct {
 	{ErrExtended.Error(), ReasonTampered},
 	{"does not match the authenticated manifest", ReasonTampered}, // HeaderError
 	{keys.ErrWrongKey.Error(), ReasonWrongKey},
+	{ErrKeyDenied.Error() + " (", ReasonKeyDenied},
 }
 
 // classifyMessage recovers a failure line's reason. A message can quote a

@@ -78,6 +78,7 @@ func TestReportRoundTrip(t *testing.T) {
 		{fmt.Errorf("%w: the bundle holds %s, expected %s", ErrDigestMismatch, digest, digest), ReasonDigestMismatch},
 		{fmt.Errorf("wrong key: the bundle was sealed with key kek:01, this key is kek:02: %w", keys.ErrWrongKey), ReasonWrongKey},
 		{fmt.Errorf("unwrapping the data key: key kek:01: %w", keys.ErrWrongKey), ReasonWrongKey},
+		{fmt.Errorf("%w (PodSpecMismatch): key release for ProtectedModel nlp/m refused: pod nlp/x: container \"sidecar\" added", ErrKeyDenied), ReasonKeyDenied},
 		{&ChunkError{Path: "a.bin", Chunk: 1, Err: errors.New("writing plaintext: no space left on device"), Detail: "DEST is full"}, ReasonFailed},
 		{errors.New("DEST /models is on ext2/3/4, not on a memory-backed file system"), ReasonFailed},
 	}

@@ -31,6 +31,7 @@ local failureReasons = {
   DigestMismatch = true,
   BundleTampered = true,
   UnsealFailed = true,
+  KeyReleaseDenied = true,
   KeyReleasable = false,
   SecretNotFound = true,
   KeyNotInSecret = true,
