@@ -563,10 +563,10 @@ func TestRecoveryRemovesStalled(t *testing.T) {
 // nothing, transition times included, and the input is left alone.
 func TestComputeStatusIsStable(t *testing.T) {
 	observations := map[string]observation{
-		"serving":   with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")}; o.Deployment = availableDeployment(2) }),
+		"serving":               with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "")}; o.Deployment = availableDeployment(2) }),
 		"key release not ready": {Key: keyState{ModelKey: "models"}, MemoryCoversWeights: true, workloadFacts: workloadFacts{PolicyApplied: true}},
-		"stalled":   with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
-		"tampered":  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
+		"stalled":               with(servingObservation(), func(o *observation) { o.MemoryCoversWeights = false }),
+		"tampered":              with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, tamperMessage)} }),
 		"unschedulable": with(servingObservation(), func(o *observation) {
 			o.GPUCount, o.Pods = 8, []corev1.Pod{scheduling(corev1.ConditionFalse, corev1.PodReasonUnschedulable, "0/3 nodes are available")}
 		}),
