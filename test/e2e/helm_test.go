@@ -33,14 +33,20 @@ type operatorRelease struct {
 // The operator runs in-cluster from the Helm chart with the locally built
 // image, and every ProtectedModel case runs against it: the chart's install
 // is what brings the product up, so the cases double as the chart's proof
-// that the operator it installs reconciles models to Ready. At the end
-// `helm uninstall` must leave nothing of the release but the CRDs.
+// that the operator it installs reconciles models to Ready and releases
+// their keys. At the end `helm uninstall` must leave nothing of the release
+// but the CRDs.
 func TestHelmInstalledOperator(t *testing.T) {
 	t.Parallel()
 	op := installOperator(t)
+	// The sealed model and its ModelKey, whose KEK Secret lives in the
+	// operator's namespace.
+	env := newModelEnv(t, op)
+	// Started now, so that it is serving by the time the manager restart
+	// case, which runs after the parallel cases, needs it.
+	restart := startRestartModel(t, env)
 
 	t.Run("ProtectedModel", func(t *testing.T) {
-		env := newModelEnv(t)
 		t.Run("ServesSealedWeights", func(t *testing.T) {
 			t.Parallel()
 			testServesSealedWeights(t, env)
@@ -57,9 +63,27 @@ func TestHelmInstalledOperator(t *testing.T) {
 			t.Parallel()
 			testGPUScheduling(t, env)
 		})
+		t.Run("KeyRelease", func(t *testing.T) {
+			t.Parallel()
+			testKeyRelease(t, env)
+		})
+		t.Run("ModelKeyNotSelectingNamespace", func(t *testing.T) {
+			t.Parallel()
+			testKeyNotPermitted(t, env)
+		})
+	})
+
+	// It stops the manager, which the cases above must not see, so it runs
+	// after them.
+	t.Run("ManagerRestartWhileModelPodStarts", func(t *testing.T) {
+		testManagerRestart(t, env, op, restart)
 	})
 
 	t.Run("Uninstall", func(t *testing.T) {
+		// The KEK Secret is ours, not the release's: remove it and its
+		// ModelKey first, so that the sweep sees only what Helm and the
+		// manager left.
+		env.key.remove(t)
 		op.uninstall(t)
 	})
 }
@@ -196,7 +220,7 @@ func (op *operatorRelease) uninstall(t *testing.T) {
 			time.Since(began).Seconds(), strings.Join(slices.Sorted(maps.Keys(waitedFor)), "; "))
 	}
 
-	for _, crd := range []string{"protectedmodels.ml.modelguard.dev", "trainingjobs.ml.modelguard.dev"} {
+	for _, crd := range []string{"protectedmodels.ml.modelguard.dev", "trainingjobs.ml.modelguard.dev", "modelkeys.ml.modelguard.dev"} {
 		gvr := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 		if _, err := dyn.Resource(gvr).Get(context.Background(), crd, metav1.GetOptions{}); err != nil {
 			t.Errorf("CRD %s after helm uninstall: %v; Helm keeps the CRDs it installed from crds/", crd, err)

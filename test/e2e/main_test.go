@@ -88,6 +88,13 @@ func randomSuffix() string {
 // so the API server admits only pods that pass it, and deletes it afterwards.
 func newNamespace(t *testing.T, prefix string) string {
 	t.Helper()
+	return newLabelledNamespace(t, prefix, nil)
+}
+
+// newLabelledNamespace is newNamespace with extra labels, e.g. the one a
+// ModelKey's namespaceSelector selects.
+func newLabelledNamespace(t *testing.T, prefix string, labels map[string]string) string {
+	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: prefix + "-" + randomSuffix(),
 		Labels: map[string]string{
@@ -95,6 +102,9 @@ func newNamespace(t *testing.T, prefix string) string {
 			"pod-security.kubernetes.io/warn":    "restricted",
 		},
 	}}
+	for k, v := range labels {
+		ns.Labels[k] = v
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	created, err := client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})

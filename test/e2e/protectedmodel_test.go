@@ -100,6 +100,19 @@ func modelClient(t *testing.T) crclient.Client {
 // impersonation, the way the threat model's tenant reaches the API.
 func tenantClient(t *testing.T, ns, role string) crclient.Client {
 	t.Helper()
+	cfg := tenantConfig(t, ns, role)
+	c, err := crclient.New(cfg, crclient.Options{Scheme: modelClient(t).Scheme()})
+	if err != nil {
+		t.Fatalf("building a client for %s: %v", cfg.Impersonate.UserName, err)
+	}
+	return c
+}
+
+// tenantConfig binds the tenant user of role ("edit" or "admin") to that
+// built-in ClusterRole in ns, and returns a client config that impersonates
+// it.
+func tenantConfig(t *testing.T, ns, role string) *rest.Config {
+	t.Helper()
 	ctx := context.Background()
 	user := "tenant-" + role + "@modelguard.test"
 	binding := &rbacv1.RoleBinding{
@@ -112,11 +125,7 @@ func tenantClient(t *testing.T, ns, role string) crclient.Client {
 	}
 	cfg := restConfig(t)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
-	c, err := crclient.New(cfg, crclient.Options{Scheme: modelClient(t).Scheme()})
-	if err != nil {
-		t.Fatalf("building a client for %s: %v", user, err)
-	}
-	return c
+	return cfg
 }
 
 // modelEnv is a small model, sealed once with the real `modelguard seal`
@@ -133,16 +142,24 @@ type modelEnv struct {
 	// file; finding it on the node's disk means plaintext leaked there.
 	marker []byte
 	digest string
-	kek    []byte
+	// kek is the key-encryption key the bundle was sealed with, and dek the
+	// bundle's data key, unwrapped in-process: the tenant scans look for
+	// both.
+	kek []byte
+	dek []byte
+	// key is the ModelKey over kek that every model of these cases names,
+	// with its Secret in the operator's namespace.
+	key *testModelKey
 	// bundle is the sealed bundle's directory on the node.
 	bundle string
 	node   corev1.Node
 	gpus   int64
 }
 
-// newModelEnv builds the modelguard CLI, generates a model and seals it with
-// a random KEK.
-func newModelEnv(t *testing.T) *modelEnv {
+// newModelEnv builds the modelguard CLI, generates a model, seals it with a
+// random KEK, and makes that KEK a ModelKey of the operator op: its Secret in
+// the operator's namespace, never a model's.
+func newModelEnv(t *testing.T, op *operatorRelease) *modelEnv {
 	t.Helper()
 	kubeconfig := os.Getenv("KUBECONFIG")
 	e := &modelEnv{workDir: filepath.Dir(kubeconfig)}
@@ -216,6 +233,7 @@ func newModelEnv(t *testing.T) *modelEnv {
 		t.Fatalf("modelguard seal printed no model digest: %q", stdout.String())
 	}
 	e.digest = lines[len(lines)-1]
+	e.dek = unwrapBundleDEK(t, e.bundle, e.kek)
 	makeReadable(t, filepath.Join(e.scratch, "good"))
 	if found, err := searchFiles(e.scratch, e.marker); err != nil || len(found) > 0 {
 		t.Fatalf("the sealed bundle holds plaintext (%v) or cannot be searched (%v)", found, err)
@@ -228,7 +246,14 @@ func newModelEnv(t *testing.T) *modelEnv {
 	e.node = nodes.Items[0]
 	allocatable := e.node.Status.Allocatable[corev1.ResourceName("nvidia.com/gpu")]
 	e.gpus = allocatable.Value()
+	e.key = newTestModelKey(t, op, e.kek)
 	return e
+}
+
+// newNamespace creates a namespace that the env's ModelKey selects.
+func (e *modelEnv) newNamespace(t *testing.T, prefix string) string {
+	t.Helper()
+	return newLabelledNamespace(t, prefix, e.key.selects)
 }
 
 // makeReadable lets the pods' non-root user (UID 65532) read the bundle
@@ -280,11 +305,12 @@ func (e *modelEnv) copyBundle(t *testing.T, name string) (root, bundle string) {
 }
 
 // provideBundle creates a static hostPath PersistentVolume over root and a
-// claim bound to it by name, and the KEK Secret, in ns.
-func (e *modelEnv) provideBundle(t *testing.T, ns, root string) (claim, kekSecret string) {
+// claim bound to it by name in ns. No key goes into ns: the models name the
+// env's ModelKey.
+func (e *modelEnv) provideBundle(t *testing.T, ns, root string) (claim string) {
 	t.Helper()
 	ctx := context.Background()
-	claim, kekSecret = "sealed-models", "model-kek"
+	claim = "sealed-models"
 	pvName := ns + "-sealed-models"
 	_, err := client.CoreV1().PersistentVolumes().Create(ctx, &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: pvName},
@@ -316,19 +342,12 @@ func (e *modelEnv) provideBundle(t *testing.T, ns, root string) (claim, kekSecre
 	if err != nil {
 		t.Fatalf("creating PersistentVolumeClaim %s/%s: %v", ns, claim, err)
 	}
-	_, err = client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: kekSecret},
-		Data:       map[string][]byte{"kek": e.kek},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating the KEK Secret: %v", err)
-	}
-	return claim, kekSecret
+	return claim
 }
 
 // protectedModel is a model served by the demo server from the bundle at
-// models/v1 of claim.
-func (e *modelEnv) protectedModel(ns, name, claim, kekSecret string) *mlv1alpha1.ProtectedModel {
+// models/v1 of claim, whose data key the env's ModelKey wraps.
+func (e *modelEnv) protectedModel(ns, name, claim string) *mlv1alpha1.ProtectedModel {
 	return &mlv1alpha1.ProtectedModel{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: mlv1alpha1.ProtectedModelSpec{
@@ -336,7 +355,7 @@ func (e *modelEnv) protectedModel(ns, name, claim, kekSecret string) *mlv1alpha1
 			Weights: mlv1alpha1.SealedWeights{
 				Source: mlv1alpha1.WeightsSource{Volume: &mlv1alpha1.VolumeSource{ClaimName: claim, Path: "models/v1"}},
 				Digest: e.digest,
-				Key:    mlv1alpha1.KeySource{SecretRef: &mlv1alpha1.SecretKeyRef{Name: kekSecret, Key: "kek"}},
+				Key:    mlv1alpha1.ModelKeyReference{ModelKey: e.key.name},
 				Memory: resource.MustParse("32Mi"),
 			},
 			Server: mlv1alpha1.ModelServer{
@@ -420,13 +439,14 @@ func modelPods(t *testing.T, ns, name string) []corev1.Pod {
 }
 
 // A ProtectedModel serves sealed weights: the operator installed by Helm
-// resolves the key, the unseal init container decrypts the real bundle into
-// a memory volume, the demo server serves exactly the plaintext that was
-// sealed, and no plaintext byte reaches the node's disk. Its NetworkPolicy
-// lets in only the allowed client and lets the model reach only the egress
-// it allows, checked with real connections.
+// releases the data key to the verified unseal init container (the KEK stays
+// in the operator's namespace, the data key is stored nowhere), which
+// decrypts the real bundle into a memory volume; the demo server serves
+// exactly the plaintext that was sealed, and no plaintext byte reaches the
+// node's disk. Its NetworkPolicy lets in only the allowed client and lets
+// the model reach only the egress it allows, checked with real connections.
 func testServesSealedWeights(t *testing.T, e *modelEnv) {
-	ns := newNamespace(t, "e2e-pm-serve")
+	ns := e.newNamespace(t, "e2e-pm-serve")
 	ctx := context.Background()
 
 	// Two servers of ours for the egress checks, and two clients.
@@ -441,8 +461,8 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 	allowedIP := waitForRunning(t, ns, "egress-allowed").Status.PodIP
 	deniedIP := waitForRunning(t, ns, "egress-denied").Status.PodIP
 
-	claim, kekSecret := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
-	pm := e.protectedModel(ns, "sentiment", claim, kekSecret)
+	claim := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
+	pm := e.protectedModel(ns, "sentiment", claim)
 	product, memory := e.node.Labels["nvidia.com/gpu.product"], e.node.Labels["nvidia.com/gpu.memory"]
 	memoryMiB, err := strconv.ParseInt(memory, 10, 64)
 	if product == "" || err != nil {
@@ -468,8 +488,11 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 		if pm.Status.Phase != mlv1alpha1.ModelPhaseProtected {
 			t.Errorf("phase = %q, want %q", pm.Status.Phase, mlv1alpha1.ModelPhaseProtected)
 		}
+		if c := condition(pm, mlv1alpha1.ConditionKeyAvailable); !strings.Contains(c.Message, e.key.name) {
+			t.Errorf("KeyAvailable message = %q, want it to name the ModelKey %s", c.Message, e.key.name)
+		}
 		want := map[string]string{
-			mlv1alpha1.ConditionKeyAvailable:      mlv1alpha1.ReasonKeyUnwrapped,
+			mlv1alpha1.ConditionKeyAvailable:      mlv1alpha1.ReasonKeyReleasable,
 			mlv1alpha1.ConditionWeightsEncrypted:  mlv1alpha1.ReasonSealedBundle,
 			mlv1alpha1.ConditionWeightsVerified:   mlv1alpha1.ReasonDigestVerified,
 			mlv1alpha1.ConditionNetworkIsolated:   mlv1alpha1.ReasonPolicyApplied,
@@ -648,20 +671,17 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 		if got := nsObj.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
 			t.Fatalf("namespace %s enforces %q, want restricted", ns, got)
 		}
-		// The API server admitted the key-resolve pod and the model pod under
-		// that label, and both ran.
-		jobPods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "modelguard.dev/component=key-resolve"})
-		if err != nil || len(jobPods.Items) == 0 {
-			t.Fatalf("no key-resolve pod ran in %s: %v", ns, err)
-		}
-		for _, p := range jobPods.Items {
-			if p.Status.Phase != corev1.PodSucceeded {
-				t.Errorf("key-resolve pod %s is %s, want Succeeded", p.Name, p.Status.Phase)
-			}
-		}
+		// The API server admitted the model pod under that label, and it
+		// runs.
 		if pod.Status.Phase != corev1.PodRunning {
 			t.Errorf("model pod %s is %s, want Running", pod.Name, pod.Status.Phase)
 		}
+	})
+
+	t.Run("KeyReleasedToThePod", func(t *testing.T) {
+		ev := waitForKeyEvent(t, ns, pm.Name, pod.Name, 30*time.Second, mlv1alpha1.ReasonKeyReleased)
+		t.Logf("Event %s: %s", ev.Reason, ev.Note)
+		assertNoKeyObjects(t, ns, pm.Name)
 	})
 
 	// Last, because it rolls the model's pods: a tenant with edit adds a
@@ -686,6 +706,9 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 			t.Fatalf("adding the sidecar as a tenant would: %v", err)
 		}
 		edited := time.Now()
+		// The pods with the sidecar that were seen, to check that none of
+		// them was given the data key.
+		sidecarPods := map[string]bool{}
 		hasSidecar := func(spec corev1.PodSpec) bool {
 			for _, c := range spec.Containers {
 				if c.Name == "sidecar" {
@@ -711,6 +734,7 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 		err = eventually(2*time.Minute, func() error {
 			for _, p := range modelPods(t, ns, pm.Name) {
 				if hasSidecar(p.Spec) {
+					sidecarPods[p.Name] = true
 					return fmt.Errorf("pod %s with the sidecar still exists (%s)", p.Name, p.Status.Phase)
 				}
 			}
@@ -730,6 +754,20 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 		if !reported {
 			t.Log("No pod with the sidecar was observed: the operator repaired the Deployment first")
 		}
+		// A pod with the sidecar that got as far as its unseal container was
+		// refused the key: its spec is not the generated one.
+		for _, ev := range modelEvents(t, ns, pm.Name) {
+			for name := range sidecarPods {
+				if !eventNamesPod(ev, name) {
+					continue
+				}
+				if ev.Reason == mlv1alpha1.ReasonKeyReleased {
+					t.Errorf("the data key was released to pod %s, which has the tenant's sidecar: %s", name, ev.Note)
+				} else {
+					t.Logf("Pod %s with the sidecar: Event %s: %s", name, ev.Reason, ev.Note)
+				}
+			}
+		}
 		back := waitForModel(t, ns, pm.Name, 3*time.Minute, "Protected again", func(pm *mlv1alpha1.ProtectedModel) bool {
 			return pm.Status.Phase == mlv1alpha1.ModelPhaseProtected &&
 				conditionIs(pm, mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted) &&
@@ -746,7 +784,7 @@ func testServesSealedWeights(t *testing.T, e *modelEnv) {
 // carries the unseal error (also in `kubectl describe`), and the memory
 // volume holds no partial plaintext between attempts.
 func testTamperedBundle(t *testing.T, e *modelEnv) {
-	ns := newNamespace(t, "e2e-pm-tamper")
+	ns := e.newNamespace(t, "e2e-pm-tamper")
 	root, bundle := e.copyBundle(t, "tampered")
 	sealedWeights := filepath.Join(bundle, "model.safetensors.sealed")
 	data, err := os.ReadFile(sealedWeights)
@@ -758,8 +796,8 @@ func testTamperedBundle(t *testing.T, e *modelEnv) {
 	if err := os.WriteFile(sealedWeights, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	claim, kekSecret := e.provideBundle(t, ns, root)
-	pm := e.protectedModel(ns, "tampered", claim, kekSecret)
+	claim := e.provideBundle(t, ns, root)
+	pm := e.protectedModel(ns, "tampered", claim)
 	createModel(t, pm)
 	pm = waitForModel(t, ns, pm.Name, 3*time.Minute, "WeightsVerified=False", func(pm *mlv1alpha1.ProtectedModel) bool {
 		return conditionIs(pm, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered)
@@ -771,8 +809,8 @@ func testTamperedBundle(t *testing.T, e *modelEnv) {
 	if !conditionIs(pm, mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered) || pm.Status.Phase != mlv1alpha1.ModelPhaseFailed {
 		t.Errorf("Ready = %+v, phase %q; want Ready False (BundleTampered) and phase Failed", condition(pm, mlv1alpha1.ConditionReady), pm.Status.Phase)
 	}
-	if !conditionIs(pm, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyUnwrapped) {
-		t.Errorf("KeyAvailable = %+v; want True: the manifest is intact, only a chunk is not", condition(pm, mlv1alpha1.ConditionKeyAvailable))
+	if !conditionIs(pm, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable) {
+		t.Errorf("KeyAvailable = %+v; want True (KeyReleasable): the key is fine, a chunk is not", condition(pm, mlv1alpha1.ConditionKeyAvailable))
 	}
 	described := describeModel(ns, pm.Name)
 	if !strings.Contains(described, verified.Message) {
@@ -830,8 +868,21 @@ func testTamperedBundle(t *testing.T, e *modelEnv) {
 	if len(left) != 0 {
 		t.Errorf("after a failed unseal the memory volume holds %v; want nothing (no partial plaintext)", left)
 	}
-	if last := lastTermination(initStatus(after, "unseal")); last == nil || last.ExitCode == 0 || strings.TrimSpace(last.Message) != verified.Message {
-		t.Errorf("unseal's last termination = %+v, want a failure whose message is WeightsVerified's %q", last, verified.Message)
+	// A later attempt fails the same way, or is refused its key because the
+	// model is stalled: the key-release service gives no key to a model
+	// whose bundle failed authentication.
+	if last := lastTermination(initStatus(after, "unseal")); last == nil || last.ExitCode == 0 ||
+		(strings.TrimSpace(last.Message) != verified.Message && !strings.Contains(last.Message, mlv1alpha1.ReasonModelStalled)) {
+		t.Errorf("unseal's last termination = %+v, want a failure whose message is WeightsVerified's %q, or a refusal for %s", last, verified.Message, mlv1alpha1.ReasonModelStalled)
+	}
+	// What the first attempt found stays the model's verdict.
+	back := &mlv1alpha1.ProtectedModel{}
+	if err := modelClient(t).Get(context.Background(), crclient.ObjectKeyFromObject(pm), back); err != nil {
+		t.Fatalf("reading the model: %v", err)
+	}
+	if !conditionIs(back, mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered) {
+		t.Errorf("after %d more attempts WeightsVerified = %+v, want it to stay False (BundleTampered)",
+			initStatus(after, "unseal").RestartCount, condition(back, mlv1alpha1.ConditionWeightsVerified))
 	}
 	for _, s := range after.Status.ContainerStatuses {
 		if s.Name == "server" && (s.Ready || s.State.Running != nil || s.RestartCount > 0 || s.LastTerminationState.Terminated != nil) {
@@ -893,13 +944,14 @@ func dirNames(entries []os.DirEntry) []string {
 	return names
 }
 
-// A spec whose digest is not the bundle's fails closed before any pod
-// starts: WeightsVerified is False with DigestMismatch and the Deployment
-// stays at zero replicas.
+// A spec whose digest is not the bundle's fails closed: the unseal init
+// container compares the bundle's digest with the spec's before it asks for
+// any key, so WeightsVerified is False with DigestMismatch, no data key is
+// released to any pod, and the model server never starts.
 func testWrongDigest(t *testing.T, e *modelEnv) {
-	ns := newNamespace(t, "e2e-pm-digest")
-	claim, kekSecret := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
-	pm := e.protectedModel(ns, "wrong-digest", claim, kekSecret)
+	ns := e.newNamespace(t, "e2e-pm-digest")
+	claim := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
+	pm := e.protectedModel(ns, "wrong-digest", claim)
 	sum := sha256.Sum256([]byte("a model that was never sealed"))
 	pm.Spec.Weights.Digest = "sha256:" + hex.EncodeToString(sum[:])
 	createModel(t, pm)
@@ -916,31 +968,34 @@ func testWrongDigest(t *testing.T, e *modelEnv) {
 	if described := describeModel(ns, pm.Name); !strings.Contains(described, "DigestMismatch") || !strings.Contains(described, verified.Message) {
 		t.Errorf("kubectl describe pm does not show the digest mismatch %q:\n%s", verified.Message, described)
 	}
-	deploy, err := client.AppsV1().Deployments(ns).Get(context.Background(), pm.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("reading the model's Deployment: %v", err)
+	// The operator cannot read the bundle (it has no key-resolve Job any
+	// more), so a pod may have started; whether it is then scaled away is
+	// the controller's choice. Either way no server ran and no key went out.
+	for _, p := range modelPods(t, ns, pm.Name) {
+		for _, s := range p.Status.ContainerStatuses {
+			if s.Name == mlv1alpha1.ContainerServer && (s.State.Running != nil || s.RestartCount > 0 || s.LastTerminationState.Terminated != nil || s.State.Terminated != nil) {
+				t.Errorf("pod %s: the server container started although the bundle's digest does not match: %s", p.Name, describeStatus(&p))
+			}
+		}
 	}
-	if r := ptr.Deref(deploy.Spec.Replicas, -1); r != 0 {
-		t.Errorf("the Deployment of a model whose digest does not match has %d replicas, want 0 (fail closed)", r)
+	for _, ev := range modelEvents(t, ns, pm.Name) {
+		if ev.Reason == mlv1alpha1.ReasonKeyReleased {
+			t.Errorf("a data key was released for a model whose digest does not match: %s", ev.Note)
+		}
 	}
-	if pods := modelPods(t, ns, pm.Name); len(pods) != 0 {
-		t.Errorf("%d server pods exist for a model whose digest does not match, want none", len(pods))
-	}
-	if _, err := client.CoreV1().Secrets(ns).Get(context.Background(), pm.Name+"-data-key", metav1.GetOptions{}); err == nil {
-		t.Errorf("a data-key Secret exists for a model whose digest does not match")
-	}
+	assertNoKeyObjects(t, ns, pm.Name)
 }
 
 // GPU requests go through the real scheduler: more GPUs than the node has,
 // or a product the node does not carry, leave the model Pending with the
 // scheduler's own message in GPUScheduled.
 func testGPUScheduling(t *testing.T, e *modelEnv) {
-	ns := newNamespace(t, "e2e-pm-gpu")
-	claim, kekSecret := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
+	ns := e.newNamespace(t, "e2e-pm-gpu")
+	claim := e.provideBundle(t, ns, filepath.Join(e.scratch, "good"))
 
-	tooMany := e.protectedModel(ns, "too-many-gpus", claim, kekSecret)
+	tooMany := e.protectedModel(ns, "too-many-gpus", claim)
 	tooMany.Spec.GPU = &mlv1alpha1.GPU{Count: int32(e.gpus) + 1}
-	wrongProduct := e.protectedModel(ns, "wrong-product", claim, kekSecret)
+	wrongProduct := e.protectedModel(ns, "wrong-product", claim)
 	wrongProduct.Spec.GPU = &mlv1alpha1.GPU{Count: 1, Products: []string{"NVIDIA-E2E-Nonexistent-GPU"}}
 	createModel(t, tooMany)
 	createModel(t, wrongProduct)
