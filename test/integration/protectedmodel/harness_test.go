@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -297,4 +298,22 @@ func waitForCondition(t *testing.T, ns, name, conditionType string, status metav
 		return nil
 	})
 	return pm
+}
+
+// update reads obj afresh, applies edit and writes it, again on a conflict:
+// the controller writes status (and the tests play other controllers) at any
+// time, so a read-modify-write of a live object must expect to lose a race.
+func update[T client.Object](t *testing.T, obj T, edit func(T), opts ...client.UpdateOption) {
+	t.Helper()
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		edit(obj)
+		return k8s.Update(ctx, obj, opts...)
+	})
+	if err != nil {
+		t.Fatalf("updating %T %s: %v", obj, obj.GetName(), err)
+	}
 }

@@ -570,14 +570,10 @@ func TestStalledModelGetsNoKey(t *testing.T) {
 	ctx := context.Background()
 	pod := f.startingPod(t, "stalled", f.rs, f.generatedSpec(nil))
 	claim := f.claim(pod, token(t, pod, keyrelease.Audience, false))
-	pm := &mlv1alpha1.ProtectedModel{}
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(f.pm), pm); err != nil {
-		t.Fatal(err)
-	}
-	pm.Spec.Server.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Mi")}
-	if err := k8s.Update(ctx, pm); err != nil {
-		t.Fatal(err)
-	}
+	pm := f.pm.DeepCopy()
+	update(t, pm, func(pm *mlv1alpha1.ProtectedModel) {
+		pm.Spec.Server.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Mi")}
+	})
 	waitForCondition(t, pm.Namespace, pm.Name, mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonMemoryTooSmall)
 	d, err := f.verifier.Verify(ctx, claim)
 	if err != nil {

@@ -382,20 +382,15 @@ func TestFailClosed(t *testing.T) {
 // KeyNotPermitted), and labelling the namespace gives it back: both through
 // the watches, without touching the model.
 func TestModelKeyChangesReachTheModel(t *testing.T) {
-	ctx := context.Background()
 	ns := newNamespace(t)
 	name := "shared-" + ns
 	mk := createModelKey(t, name, secretProvider("model-kek", "kek"), nil)
 	waitForModelKey(t, name, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
 	pm, _ := protectedModel(t, builders.MakeProtectedModel("moved", ns).ModelKey(name))
 
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(mk), mk); err != nil {
-		t.Fatal(err)
-	}
-	mk.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"modelguard.dev/test-team": "nlp"}}
-	if err := k8s.Update(ctx, mk); err != nil {
-		t.Fatalf("narrowing the ModelKey: %v", err)
-	}
+	update(t, mk, func(mk *mlv1alpha1.ModelKey) {
+		mk.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"modelguard.dev/test-team": "nlp"}}
+	})
 	waitForModelKey(t, name, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
 	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotPermitted)
 	eventually(t, "the Deployment is held at zero", func() error {
@@ -405,14 +400,9 @@ func TestModelKeyChangesReachTheModel(t *testing.T) {
 		return nil
 	})
 
-	namespace := &corev1.Namespace{}
-	if err := k8s.Get(ctx, client.ObjectKey{Name: ns}, namespace); err != nil {
-		t.Fatal(err)
-	}
-	namespace.Labels["modelguard.dev/test-team"] = "nlp"
-	if err := k8s.Update(ctx, namespace); err != nil {
-		t.Fatalf("labelling the namespace: %v", err)
-	}
+	update(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, func(n *corev1.Namespace) {
+		n.Labels["modelguard.dev/test-team"] = "nlp"
+	})
 	waitForCondition(t, ns, pm.Name, mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable)
 	eventually(t, "the Deployment is scaled up again", func() error {
 		if d := getDeployment(t, pm); *d.Spec.Replicas != 1 {
@@ -479,10 +469,9 @@ func TestDriftIsRepaired(t *testing.T) {
 	t.Run("widened NetworkPolicy", func(t *testing.T) {
 		policy := &networkingv1.NetworkPolicy{}
 		eventually(t, "the NetworkPolicy exists", func() error { return k8s.Get(ctx, key, policy) })
-		policy.Spec.Ingress = append(policy.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{}) // allow all
-		if err := k8s.Update(ctx, policy, client.FieldOwner("kubectl-edit")); err != nil {
-			t.Fatalf("widening the policy: %v", err)
-		}
+		update(t, policy, func(p *networkingv1.NetworkPolicy) {
+			p.Spec.Ingress = append(p.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{}) // allow all
+		}, client.FieldOwner("kubectl-edit"))
 		eventually(t, "the NetworkPolicy is narrowed again", func() error {
 			if err := k8s.Get(ctx, key, policy); err != nil {
 				return err
@@ -496,11 +485,10 @@ func TestDriftIsRepaired(t *testing.T) {
 
 	t.Run("securityContext removed", func(t *testing.T) {
 		d := getDeployment(t, pm)
-		d.Spec.Template.Spec.Containers[0].SecurityContext = nil
-		d.Spec.Template.Spec.SecurityContext = nil
-		if err := k8s.Update(ctx, d, client.FieldOwner("kubectl-edit")); err != nil {
-			t.Fatalf("removing the securityContext: %v", err)
-		}
+		update(t, d, func(d *appsv1.Deployment) {
+			d.Spec.Template.Spec.Containers[0].SecurityContext = nil
+			d.Spec.Template.Spec.SecurityContext = nil
+		}, client.FieldOwner("kubectl-edit"))
 		eventually(t, "the securityContext is restored", func() error {
 			if err := k8s.Get(ctx, key, d); err != nil {
 				return err
@@ -623,7 +611,6 @@ func TestOwnershipOnEveryManagedObject(t *testing.T) {
 // TestKeyOrDigestChangeRollsPods: another ModelKey or digest changes the pod
 // template, so pods restart and unseal under the new key and expectations.
 func TestKeyOrDigestChangeRollsPods(t *testing.T) {
-	ctx := context.Background()
 	ns := newNamespace(t)
 	pm, _ := protectedModel(t, builders.MakeProtectedModel("roll", ns))
 	before := getDeployment(t, pm).Spec.Template.Annotations[builder.AnnotationConfigHash]
@@ -636,13 +623,7 @@ func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 	rotated := "rotated-" + ns
 	createModelKey(t, rotated, secretProvider("model-kek", "kek"), nil)
 	waitForModelKey(t, rotated, metav1.ConditionTrue, mlv1alpha1.ReasonSelfTestPassed)
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
-		t.Fatal(err)
-	}
-	pm.Spec.Weights.Key.ModelKey = rotated
-	if err := k8s.Update(ctx, pm); err != nil {
-		t.Fatalf("changing the ModelKey: %v", err)
-	}
+	update(t, pm, func(pm *mlv1alpha1.ProtectedModel) { pm.Spec.Weights.Key.ModelKey = rotated })
 	var after string
 	eventually(t, "the pod template hash changes", func() error {
 		after = getDeployment(t, pm).Spec.Template.Annotations[builder.AnnotationConfigHash]
@@ -654,13 +635,7 @@ func TestKeyOrDigestChangeRollsPods(t *testing.T) {
 
 	// A new digest: the unseal container expects it, and the pods roll.
 	newDigest := "sha256:" + strings.Repeat("cd", 32)
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
-		t.Fatal(err)
-	}
-	pm.Spec.Weights.Digest = newDigest
-	if err := k8s.Update(ctx, pm); err != nil {
-		t.Fatalf("changing the digest: %v", err)
-	}
+	update(t, pm, func(pm *mlv1alpha1.ProtectedModel) { pm.Spec.Weights.Digest = newDigest })
 	eventually(t, "the pods roll with the new digest", func() error {
 		d := getDeployment(t, pm)
 		if *d.Spec.Replicas != 1 || d.Spec.Template.Annotations[builder.AnnotationConfigHash] == after {
@@ -689,16 +664,11 @@ func metaItems(list client.ObjectList) ([]client.Object, error) {
 // the digest nor the key (here the copyright) reaches every child and never
 // takes the model's pods away.
 func TestOwnershipEditKeepsServing(t *testing.T) {
-	ctx := context.Background()
 	ns := newNamespace(t)
 	pm, _ := protectedModel(t, builders.MakeProtectedModel("edited", ns))
-	if err := k8s.Get(ctx, client.ObjectKeyFromObject(pm), pm); err != nil {
-		t.Fatal(err)
-	}
-	pm.Spec.Ownership.Copyright = "(c) 2026 Acme Corp, all rights reserved"
-	if err := k8s.Update(ctx, pm); err != nil {
-		t.Fatalf("editing the copyright: %v", err)
-	}
+	update(t, pm, func(pm *mlv1alpha1.ProtectedModel) {
+		pm.Spec.Ownership.Copyright = "(c) 2026 Acme Corp, all rights reserved"
+	})
 	eventually(t, "the Deployment carries the new copyright", func() error {
 		d := getDeployment(t, pm)
 		if *d.Spec.Replicas != 1 {

@@ -128,16 +128,12 @@ func TestLivePolicyThatMissesThePodsIsRepaired(t *testing.T) {
 	ns := newNamespace(t)
 	pm, _ := servingModel(t, builders.MakeProtectedModel("unselected", ns))
 
-	policy := &networkingv1.NetworkPolicy{}
-	if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: pm.Name}, policy); err != nil {
-		t.Fatal(err)
-	}
 	// One more label in the selector: the policy selects no pod any more,
 	// so the model's pods are open. The API server accepts it.
-	policy.Spec.PodSelector.MatchLabels["tampered"] = "yes"
-	if err := k8s.Update(ctx, policy, client.FieldOwner("kubectl-edit")); err != nil {
-		t.Fatalf("editing the policy: %v", err)
-	}
+	policy := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pm.Name}}
+	update(t, policy, func(p *networkingv1.NetworkPolicy) {
+		p.Spec.PodSelector.MatchLabels["tampered"] = "yes"
+	}, client.FieldOwner("kubectl-edit"))
 	waitForEvent(t, pm, mlv1alpha1.ReasonPolicyNotApplied, "NetworkIsolated=False", "NetworkPolicy "+pm.Name+" does not select the server pods")
 	eventually(t, "the operator removes the tenant's selector label", func() error {
 		if err := k8s.Get(ctx, client.ObjectKeyFromObject(policy), policy); err != nil {
