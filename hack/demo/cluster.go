@@ -30,6 +30,12 @@ const (
 	demoModel        = "demo-model"
 	operatorNS       = "modelguard-system"
 	operatorDeploy   = "modelguard-controller-manager"
+	// demoModelKey is the ModelKey the demo model names; its KEK lives in
+	// the Secret demoKEKSecret of the operator's namespace, and it selects
+	// the namespaces labelled demoTenantLabel.
+	demoModelKey    = "demo-models"
+	demoKEKSecret   = "demo-kek"
+	demoTenantLabel = "modelguard.dev/tenant=demo"
 )
 
 // demo holds what the steps share.
@@ -95,8 +101,10 @@ func runCluster() (err error) {
 The cluster keeps running until you press Ctrl-C. In another shell:
 
   export KUBECONFIG=%[1]s
+  %[2]s get mk
   %[2]s get pm -A
   %[2]s -n %[3]s describe pm %[4]s
+  %[2]s -n %[3]s get events --field-selector reason=KeyReleased
   %[2]s -n %[3]s exec frontend -- /demo-server fetch %[5]s
   %[2]s -n %[3]s exec intruder -- /demo-server fetch %[5]s
   make cluster-status
@@ -121,7 +129,10 @@ func (d *demo) show() error {
 	if err != nil {
 		return err
 	}
-	if err := d.createProtectedModel(digest, kek); err != nil {
+	if err := d.createModelKey(kek); err != nil {
+		return err
+	}
+	if err := d.createProtectedModel(digest); err != nil {
 		return err
 	}
 	return d.proveIsolation(plaintext)
@@ -148,7 +159,7 @@ func (d *demo) deployOperator() error {
 }
 
 func (d *demo) applySamples() error {
-	step("Applying config/samples in namespace " + samplesNamespace + " (they name a registry image, a claim and a Secret this cluster lacks, so they stay Pending and say why)")
+	step("Applying config/samples in namespace " + samplesNamespace + " (they name a registry image and a claim this cluster lacks, and the ModelKey nlp-models, whose KEK Secret it lacks too and which does not select this namespace, so they stay Pending and say why)")
 	if err := d.kubectlRun(nil, "create", "namespace", samplesNamespace); err != nil {
 		return err
 	}
@@ -209,8 +220,8 @@ func (d *demo) sealModel() (map[string]string, string, string, error) {
 	}
 	digest := lines[len(lines)-1]
 	fmt.Printf("model digest: %s\n", digest)
-	// The unseal and key-resolve containers run as a non-root user and read
-	// the bundle through the PersistentVolume.
+	// The unseal init container runs as a non-root user and reads the
+	// bundle through the PersistentVolume.
 	if err := chmodReadable(filepath.Join(dir, "sealed-models")); err != nil {
 		return nil, "", "", err
 	}
@@ -233,15 +244,43 @@ func chmodReadable(root string) error {
 	})
 }
 
-func (d *demo) createProtectedModel(digest, kek string) error {
-	step("Creating namespace " + demoNamespace + " (Pod Security restricted), the KEK Secret, the claim holding the sealed bundle, and the ProtectedModel")
+// createModelKey puts the KEK where no tenant can read it, a Secret in the
+// operator's own namespace, and names it with a cluster-scoped ModelKey that
+// the demo namespace may use. The operator's self-test (wrap, then unwrap)
+// makes the ModelKey Ready.
+func (d *demo) createModelKey(kek string) error {
+	step("Creating the KEK Secret in the operator's namespace " + operatorNS + " and the ModelKey " + demoModelKey + " (models in namespaces labelled " + demoTenantLabel + " may use it)")
+	if err := d.kubectlRun(nil, "-n", operatorNS, "create", "secret", "generic", demoKEKSecret, "--from-file=kek="+kek); err != nil {
+		return err
+	}
+	tenantKey, tenantValue, _ := strings.Cut(demoTenantLabel, "=")
+	mk := fmt.Sprintf(`apiVersion: ml.modelguard.dev/v1alpha1
+kind: ModelKey
+metadata:
+  name: %s
+spec:
+  provider:
+    secret: {name: %s, key: kek}
+  namespaceSelector:
+    matchLabels: {%s: %s}
+`, demoModelKey, demoKEKSecret, tenantKey, tenantValue)
+	fmt.Print(mk)
+	if err := d.kubectlRun(strings.NewReader(mk), "apply", "-f", "-"); err != nil {
+		return err
+	}
+	if err := d.kubectlRun(nil, "wait", "--for=condition=Ready", "mk/"+demoModelKey, "--timeout=60s"); err != nil {
+		_ = d.kubectlRun(nil, "describe", "mk", demoModelKey)
+		return err
+	}
+	return d.kubectlRun(nil, "get", "mk", "-o", "wide")
+}
+
+func (d *demo) createProtectedModel(digest string) error {
+	step("Creating namespace " + demoNamespace + " (Pod Security restricted, labelled for the ModelKey), the claim holding the sealed bundle, and the ProtectedModel; no key goes into the namespace")
 	if err := d.kubectlRun(nil, "create", "namespace", demoNamespace); err != nil {
 		return err
 	}
-	if err := d.kubectlRun(nil, "label", "namespace", demoNamespace, "pod-security.kubernetes.io/enforce=restricted"); err != nil {
-		return err
-	}
-	if err := d.kubectlRun(nil, "-n", demoNamespace, "create", "secret", "generic", demoModel+"-kek", "--from-file=kek="+kek); err != nil {
+	if err := d.kubectlRun(nil, "label", "namespace", demoNamespace, "pod-security.kubernetes.io/enforce=restricted", demoTenantLabel); err != nil {
 		return err
 	}
 	bundleDir := filepath.Join(d.cfg.ScratchDir(), "demo", "sealed-models")
@@ -286,7 +325,7 @@ spec:
       volume: {claimName: sealed-models, path: %s/v1}
     digest: %s
     key:
-      secretRef: {name: %s-kek, key: kek}
+      modelKey: %s
     memory: 32Mi
   server:
     image: %s
@@ -303,28 +342,33 @@ spec:
     allowedClients:
     - podSelector:
         matchLabels: {app: frontend}
-`, demoModel, demoNamespace, demoModel, digest, demoModel, images.DemoServerRef, d.cfg.GPUProduct)
+`, demoModel, demoNamespace, demoModel, digest, demoModelKey, images.DemoServerRef, d.cfg.GPUProduct)
 	fmt.Print(pm)
 	if err := d.kubectlRun(strings.NewReader(pm), "apply", "-f", "-"); err != nil {
 		return err
 	}
 
-	step("Waiting for the operator: key-resolve Job, data-key Secret, NetworkPolicy, and a Deployment whose init container unseals into memory on a fake GPU node")
+	step("Waiting for the operator: NetworkPolicy, Service, and a Deployment on a fake GPU node whose unseal init container presents its pod's token to the key-release service, gets the data key sealed to it once the operator has verified the pod, and decrypts into memory")
 	if err := d.kubectlRun(nil, "-n", demoNamespace, "wait", "--for=condition=Ready", "pm/"+demoModel, "--timeout=180s"); err != nil {
 		_ = d.kubectlRun(nil, "-n", demoNamespace, "describe", "pm", demoModel)
-		_ = d.kubectlRun(nil, "-n", demoNamespace, "get", "pods,jobs,events")
+		_ = d.kubectlRun(nil, "-n", demoNamespace, "get", "pods,events")
+		_ = d.kubectlRun(nil, "-n", demoNamespace, "logs", "-l", "modelguard.dev/model="+demoModel, "-c", "unseal", "--tail=20")
+		_ = d.kubectlRun(nil, "-n", operatorNS, "logs", "deployment/"+operatorDeploy, "--tail=50")
 		return err
 	}
 	for _, args := range [][]string{
+		{"get", "mk"},
 		{"get", "pm", "-A"},
 		{"-n", demoNamespace, "describe", "pm", demoModel},
-		{"-n", demoNamespace, "get", "deployments,pods,services,networkpolicies,secrets", "-l", "modelguard.dev/model=" + demoModel, "-o", "wide"},
+		{"-n", demoNamespace, "get", "events", "--field-selector", "reason=KeyReleased"},
+		{"-n", demoNamespace, "get", "deployments,pods,services,networkpolicies", "-l", "modelguard.dev/model=" + demoModel, "-o", "wide"},
 	} {
 		if err := d.kubectlRun(nil, args...); err != nil {
 			return err
 		}
 	}
-	return nil
+	step("No key in the model's namespace: no Secret, no Job (the KEK stays in " + operatorNS + ", the data key is stored nowhere)")
+	return d.kubectlRun(nil, "-n", demoNamespace, "get", "secrets,jobs")
 }
 
 // report mirrors the demo server's JSON report.

@@ -80,9 +80,22 @@ func runControlPlane() error {
 	if err != nil {
 		return err
 	}
-	step("Starting the ModelGuard manager")
-	mgr := exec.Command(manager, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probePort))
-	mgr.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	keyReleasePort, err := freePort()
+	if err != nil {
+		return err
+	}
+	// Outside a pod the manager cannot learn its namespace, where ModelKeys'
+	// Secrets, the key-release serving certificate and its CA bundle live:
+	// name it.
+	if err := kubectl("create", "namespace", operatorNS); err != nil {
+		return err
+	}
+	step("Starting the ModelGuard manager (key release on loopback; no pod runs here to ask for a key)")
+	mgr := exec.Command(manager,
+		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probePort),
+		"--operator-namespace", operatorNS,
+		"--key-release-bind-address", fmt.Sprintf("127.0.0.1:%d", keyReleasePort))
+	mgr.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE="+operatorNS)
 	mgrLog, err := os.Create(filepath.Join(workDir, "manager.log"))
 	if err != nil {
 		return err
@@ -115,6 +128,12 @@ func runControlPlane() error {
 		return err
 	}
 
+	step("kubectl get modelkeys (the sample's KEK Secret is not in " + operatorNS + ", so it is not Ready and says why)")
+	// Shown, not required: the table below says the same.
+	_ = kubectl("wait", "--for=condition=Ready=False", "modelkey/nlp-models", "--timeout=30s")
+	if err := kubectl("get", "modelkeys", "-o", "wide"); err != nil {
+		return err
+	}
 	step("kubectl get protectedmodels,trainingjobs -A")
 	if err := kubectl("get", "protectedmodels,trainingjobs", "-A"); err != nil {
 		return err

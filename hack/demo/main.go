@@ -1,9 +1,11 @@
 // Command demo shows ModelGuard protecting a model on a real single-node
 // Kubernetes (hack/local-cluster) on this machine: it brings the cluster up,
 // deploys the operator in-cluster, applies config/samples, seals a small
-// generated model, serves it as a ProtectedModel on a fake GPU, and proves
-// with real connections from pods that an allowed client gets an answer and
-// any other pod gets nothing.
+// generated model under a ModelKey whose KEK lives in the operator's own
+// namespace, serves it as a ProtectedModel on a fake GPU (the operator
+// releases the data key only to the model's verified unseal container, and
+// an Event on the model says so), and proves with real connections from pods
+// that an allowed client gets an answer and any other pod gets nothing.
 //
 // It keeps running until interrupted, so that a person can explore with
 // kubectl; with DEMO_EXIT=1 it exits as soon as it has shown everything.
