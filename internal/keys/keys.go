@@ -36,8 +36,9 @@ const (
 	KindKEK = "kek"
 
 	// DEKEnvVar is the environment variable from which `modelguard unseal`
-	// reads the DEK (base64) when no key flag is given. The operator sets it
-	// from the data-key Secret in the unseal init container only.
+	// reads the DEK (base64) when no key flag is given, for unsealing by
+	// hand. The operator never sets it: protected pods get their key from
+	// the key-release service.
 	DEKEnvVar = "MODELGUARD_DEK"
 )
 
@@ -185,7 +186,7 @@ func (k *KEK) Unwrap(_ context.Context, wrapped []byte, b Binding) ([]byte, erro
 }
 
 // ParseDEK decodes a data key given as 32 raw bytes, 64 hex characters or
-// base64 (the form in MODELGUARD_DEK and the data-key Secret).
+// base64 (the form in MODELGUARD_DEK).
 func ParseDEK(data []byte) ([]byte, error) {
 	dek, err := decodeKey(data, DEKSize)
 	if err != nil {
@@ -194,9 +195,9 @@ func ParseDEK(data []byte) ([]byte, error) {
 	return dek, nil
 }
 
-// EncodeDEK encodes a data key as base64, the form the operator stores in the
-// data-key Secret and passes in MODELGUARD_DEK. Environment variables cannot
-// hold arbitrary bytes, so the raw form is never used there.
+// EncodeDEK encodes a data key as base64, the form of MODELGUARD_DEK and of
+// KEK Secrets. Environment variables cannot hold arbitrary bytes, so the raw
+// form is never used there.
 func EncodeDEK(dek []byte) string { return base64.StdEncoding.EncodeToString(dek) }
 
 // decodeKey decodes size bytes of key material. Its errors give lengths only,
