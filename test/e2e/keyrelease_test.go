@@ -255,7 +255,7 @@ func testRoguePod(t *testing.T, e *modelEnv, ns string, pm *mlv1alpha1.Protected
 	}
 	t.Logf("Created pod %s as the edit tenant: the model pod's spec, ServiceAccount %s, no owner", rogue.Name, spec.ServiceAccountName)
 
-	refused := waitForPod(t, ns, rogue.Name, 2*time.Minute, "refused the key (unseal failed)", func(p *corev1.Pod) bool {
+	refused := waitForPodLogged(t, ns, rogue.Name, mlv1alpha1.ContainerUnseal, 2*time.Minute, "refused the key (unseal failed)", func(p *corev1.Pod) bool {
 		last := lastTermination(initStatus(p, mlv1alpha1.ContainerUnseal))
 		return last != nil && last.ExitCode != 0
 	})
@@ -273,7 +273,7 @@ func testRoguePod(t *testing.T, e *modelEnv, ns string, pm *mlv1alpha1.Protected
 	// Nothing was decrypted into its memory volume: read while the unseal
 	// container is known not to run, before and after the read.
 	var left []string
-	err = eventually(60*time.Second, func() error {
+	err = eventually(90*time.Second, func() error {
 		before, err := client.CoreV1().Pods(ns).Get(ctx, rogue.Name, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -865,6 +865,28 @@ func testManagerRestart(t *testing.T, e *modelEnv, op *operatorRelease, m restar
 	}); err != nil {
 		t.Errorf("no manager leads after the restart: %v", err)
 	}
+}
+
+// waitForPodLogged is waitForPod that also shows the container's log, and
+// its previous run's, when timeout passes.
+func waitForPodLogged(t *testing.T, ns, name, container string, timeout time.Duration, what string, done func(*corev1.Pod) bool) *corev1.Pod {
+	t.Helper()
+	var last *corev1.Pod
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		pod, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		last = pod
+		return done(pod), nil
+	})
+	if err != nil {
+		log, _ := podLog(ns, name, container, false)
+		previous, _ := podLog(ns, name, container, true)
+		t.Fatalf("pod %s/%s did not become %s within %s; status: %s\n%s log (previous run):\n%s\n%s log:\n%s",
+			ns, name, what, timeout, describeStatus(last), container, previous, container, log)
+	}
+	return last
 }
 
 func podReady(p *corev1.Pod) bool {
