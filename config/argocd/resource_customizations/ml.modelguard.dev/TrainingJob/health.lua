@@ -35,6 +35,7 @@ local failureReasons = {
   DigestMismatch = true,
   BundleTampered = true,
   UnsealFailed = true,
+  KeyReleaseDenied = true,
   KeyReleasable = false,
   SecretNotFound = true,
   KeyNotInSecret = true,
