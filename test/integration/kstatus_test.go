@@ -21,6 +21,7 @@ import (
 // the conditions the controller itself writes.
 func TestKstatus(t *testing.T) {
 	cond := builders.Condition
+	const notPermitted = "ModelKey models does not select namespace tenant-a (spec.namespaceSelector: team=nlp)"
 	tests := []struct {
 		name string
 		kind string
@@ -49,14 +50,36 @@ func TestKstatus(t *testing.T) {
 			want: status.Result{Status: status.InProgressStatus, Message: "1 of 2 pods updated"},
 		},
 		{
-			name: "stalled model is Failed with the Stalled message",
+			name: "model whose ModelKey does not exist is Failed with the Stalled message",
 			kind: "ProtectedModel",
 			conditions: []metav1.Condition{
-				cond(mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonKeySecretNotFound, `Secret "kek" not found`, 1),
-				cond(mlv1alpha1.ConditionReconciling, metav1.ConditionFalse, mlv1alpha1.ReasonKeySecretNotFound, "waiting for the spec or the key to be fixed", 1),
-				cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed, `not serving, failed closed: Secret "kek" not found`, 1),
+				cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonModelKeyNotFound, "ModelKey models does not exist", 1),
+				cond(mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonModelKeyNotFound, "ModelKey models does not exist", 1),
+				cond(mlv1alpha1.ConditionReconciling, metav1.ConditionFalse, mlv1alpha1.ReasonModelKeyNotFound, "waiting for the spec or the key to be fixed", 1),
+				cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed, "not serving, failed closed: ModelKey models does not exist", 1),
 			},
-			want: status.Result{Status: status.FailedStatus, Message: `Secret "kek" not found`},
+			want: status.Result{Status: status.FailedStatus, Message: "ModelKey models does not exist"},
+		},
+		{
+			name: "model whose ModelKey does not select its namespace is Failed",
+			kind: "ProtectedModel",
+			conditions: []metav1.Condition{
+				cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotPermitted, notPermitted, 1),
+				cond(mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonKeyNotPermitted, notPermitted, 1),
+				cond(mlv1alpha1.ConditionReconciling, metav1.ConditionFalse, mlv1alpha1.ReasonKeyNotPermitted, "waiting for the spec or the key to be fixed", 1),
+				cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonFailClosed, "not serving, failed closed: "+notPermitted, 1),
+			},
+			want: status.Result{Status: status.FailedStatus, Message: notPermitted},
+		},
+		{
+			name: "model waiting for key release is InProgress",
+			kind: "ProtectedModel",
+			conditions: []metav1.Condition{
+				cond(mlv1alpha1.ConditionKeyAvailable, metav1.ConditionTrue, mlv1alpha1.ReasonKeyReleasable, "ModelKey models is Ready for this namespace", 1),
+				cond(mlv1alpha1.ConditionReady, metav1.ConditionFalse, mlv1alpha1.ReasonProgressing, "waiting for the key-release service's certificate", 1),
+				cond(mlv1alpha1.ConditionReconciling, metav1.ConditionTrue, mlv1alpha1.ReasonProgressing, "waiting for the key-release service's certificate", 1),
+			},
+			want: status.Result{Status: status.InProgressStatus, Message: "waiting for the key-release service's certificate"},
 		},
 		{
 			name:           "ready model whose spec changed since is InProgress",

@@ -86,6 +86,8 @@ func TestKubectlExplain(t *testing.T) {
 	cases := []struct {
 		path  string
 		wants []string
+		// absent are words that must not appear, e.g. removed fields.
+		absent []string
 	}{
 		{"protectedmodel.spec.weights", []string{
 			"KIND:       ProtectedModel",
@@ -94,42 +96,70 @@ func TestKubectlExplain(t *testing.T) {
 			"digest\t<string> -required-",
 			"sha256:",
 			"key\t<Object> -required-",
-			"exactly one of secretRef, awsKms or vaultTransit",
+			"key names the ModelKey whose key-encryption key wrapped the bundle's",
 			"memory\t<Object> -required-",
 			"source\t<Object> -required-",
 			"exactly one of volume",
-		}},
-		{"protectedmodel.spec.weights.key.secretRef", []string{
-			"256-bit KEK from a key of a Secret in the same",
-			"name\t<string> -required-",
-		}},
+		}, nil},
+		{"protectedmodel.spec.weights.key", []string{
+			"FIELD: key <Object>",
+			"the operator releases it only to",
+			"modelKey\t<string> -required-",
+		}, []string{"secretRef", "awsKms", "vaultTransit"}},
+		{"protectedmodel.spec.weights.key.modelKey", []string{
+			"FIELD: modelKey <string>",
+			`modelKey is the name of the ModelKey, e.g. "models-prod".`,
+		}, nil},
+		{"trainingjob.spec.baseWeights.key.modelKey", []string{
+			"KIND:       TrainingJob",
+			"FIELD: modelKey <string>",
+		}, nil},
+		{"tj.spec.output.seal.key", []string{
+			"key names the ModelKey that wraps the sealed output's data key",
+			"the KEK never reaches the pod",
+			"modelKey\t<string> -required-",
+		}, []string{"secretRef", "awsKms", "vaultTransit"}},
+		{"modelkey.spec.provider", []string{
+			"KIND:       ModelKey",
+			"FIELD: provider <Object>",
+			"exactly one of",
+			"secret, awsKms or vaultTransit",
+			"awsKms\t<Object>",
+			"secret\t<Object>",
+			"vaultTransit\t<Object>",
+		}, nil},
 		{"protectedmodel.spec.server.port", []string{
 			"It defaults to 8080.",
-		}},
+		}, nil},
 		{"pm.spec.ownership", []string{
 			"owner\t<string> -required-",
 			"cannot be changed once set",
 			"classification\t<string>",
 			"enum: Public, Internal, Confidential, TradeSecret",
-		}},
+		}, nil},
 		{"protectedmodel.status.conditions", []string{
 			"WeightsEncrypted, WeightsVerified, KeyAvailable",
-		}},
+		}, nil},
 		{"trainingjob.spec.output", []string{
 			"KIND:       TrainingJob",
 			"allowUnencryptedStorage\t<boolean>",
 			"seal\t<Object> -required-",
 			"promoteTo\t<string>",
-		}},
+		}, nil},
 		{"tj.spec.gpu", []string{
 			"for each of the job's pods",
 			"resourceName\t<string>",
 			"nvidia.com/mig-1g.10gb",
-		}},
+		}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.path, func(t *testing.T) {
 			out := k.eventually(t, containsAll(tc.wants...), "explain", tc.path)
+			for _, a := range tc.absent {
+				if strings.Contains(out, a) {
+					t.Errorf("kubectl explain %s still mentions %q", tc.path, a)
+				}
+			}
 			t.Logf("kubectl explain %s:\n%s", tc.path, out)
 		})
 	}
