@@ -13,17 +13,22 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/keys"
+	"github.com/modelguard/modelguard/internal/seal"
 )
 
-// TestSecretKEKProvider reads KEKs from Secrets through the real API server.
+// TestSecretKEKProvider reads KEKs from Secrets through the real API server,
+// as `modelguard seal --kek-secret` does (keys.FetchSecretKEK).
 func TestSecretKEKProvider(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -81,16 +86,121 @@ func TestSecretKEKProvider(t *testing.T) {
 	}
 }
 
+// TestModelKeySecretProvider loads the KEK a ModelKey names the way the
+// operator does (keys.ModelKeyProvider), through the real API server: from
+// the operator's own namespace only, so that a Secret of the same name that
+// a tenant plants in its namespace is never used, with the API server's own
+// NotFound and Forbidden errors classified into KeyAvailable reasons.
+func TestModelKeySecretProvider(t *testing.T) {
+	ctx := context.Background()
+	operatorNS, tenantNS := newNamespace(t), newNamespace(t)
+	kek, planted := randomKey(t), randomKey(t)
+	createSecret(t, operatorNS, "model-kek", map[string][]byte{
+		"kek":        []byte(hex.EncodeToString(kek)),
+		"passphrase": []byte("correct horse battery staple!!!!"),
+	})
+	// A tenant may create Secrets in its own namespace: this one names the
+	// same Secret and entry, and must be ignored.
+	createSecret(t, tenantNS, "model-kek", map[string][]byte{"kek": []byte(hex.EncodeToString(planted))})
+	want, err := keys.NewKEK(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	admin := secretGetter(t, env.Config)
+	modelKey := func(secret, entry string) *mlv1alpha1.ModelKey {
+		k := makeModelKey("models")
+		k.Spec.Provider.Secret = &mlv1alpha1.ModelKeySecret{Name: secret, Key: entry}
+		return k
+	}
+
+	t.Run("KEK from the operator's namespace", func(t *testing.T) {
+		var read []string
+		get := func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+			read = append(read, ns+"/"+name)
+			return admin(ctx, ns, name)
+		}
+		p, err := keys.ModelKeyProvider(ctx, modelKey("model-kek", "kek"), operatorNS, get)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.ID() != want.ID() {
+			t.Errorf("key %s, want %s, the KEK in %s/model-kek", p.ID(), want.ID(), operatorNS)
+		}
+		if diff := cmp.Diff([]string{operatorNS + "/model-kek"}, read); diff != "" {
+			t.Errorf("Secrets read (-want +got):\n%s", diff)
+		}
+	})
+
+	failures := []struct {
+		name       string
+		mk         *mlv1alpha1.ModelKey
+		namespace  string
+		get        keys.SecretGetter
+		wantReason string
+		wantMsg    string
+	}{
+		{"Secret only in a tenant's namespace", modelKey("model-kek", "kek"), newNamespace(t), admin,
+			mlv1alpha1.ReasonKeySecretNotFound, "Secret model-kek named by spec.provider.secret does not exist"},
+		{"no such Secret", modelKey("absent", "kek"), operatorNS, admin,
+			mlv1alpha1.ReasonKeySecretNotFound, "Secret absent named by spec.provider.secret does not exist"},
+		{"no such entry", modelKey("model-kek", "other"), operatorNS, admin,
+			mlv1alpha1.ReasonKeyNotInSecret, `Secret model-kek has no key "other" named by spec.provider.secret.key`},
+		{"a passphrase, not a key", modelKey("model-kek", "passphrase"), operatorNS, admin,
+			mlv1alpha1.ReasonKeyUnwrapFailed, "look like a passphrase"},
+		{"reader without rights", modelKey("model-kek", "kek"), operatorNS, secretGetter(t, impersonatingConfig("nobody")),
+			mlv1alpha1.ReasonKeyProviderUnavailable, "reading Secret model-kek: Forbidden"},
+	}
+	for _, tc := range failures {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := keys.ModelKeyProvider(ctx, tc.mk, tc.namespace, tc.get)
+			var pe *keys.ProviderError
+			if !errors.As(err, &pe) {
+				t.Fatalf("got %v, want a *keys.ProviderError", err)
+			}
+			if pe.Reason != tc.wantReason || !strings.Contains(pe.Message, tc.wantMsg) {
+				t.Errorf("got %s: %q, want %s: %q", pe.Reason, pe.Message, tc.wantReason, tc.wantMsg)
+			}
+			assertNoKey(t, pe.Message, kek)
+			assertNoKey(t, pe.Message, planted)
+		})
+	}
+}
+
+// secretGetter reads Secrets through the API server with cfg, as the
+// operator's uncached reader does.
+func secretGetter(t *testing.T, cfg *rest.Config) keys.SecretGetter {
+	t.Helper()
+	c, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(ctx context.Context, ns, name string) (*corev1.Secret, error) {
+		return c.Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
+}
+
+// impersonatingConfig is the admin's client config acting as user.
+func impersonatingConfig(user string) *rest.Config {
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+	return cfg
+}
+
 // TestCLIWithSecretKEK builds the modelguard binary and seals and unseals
 // with --kek-secret against the real API server, as a least-privileged user
-// who may only get that one Secret.
+// who may only get that one Secret. The KEK is where a ModelKey keeps it, in
+// the operator's namespace: the platform team seals with --kek-secret, and
+// the operator opens the bundle through the ModelKey. A tenant, who may read
+// the Secrets of its own namespace, cannot read it.
 func TestCLIWithSecretKEK(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns, tenantNS := newNamespace(t), newNamespace(t) // ns is the operator's
 	kek := randomKey(t)
 	createSecret(t, ns, "model-kek", map[string][]byte{"kek": []byte(hex.EncodeToString(kek))})
 	createSecret(t, ns, "other", map[string][]byte{"kek": []byte(hex.EncodeToString(randomKey(t)))})
 	grantGetSecret(t, ns, "sealer", "model-kek")
+	grantSecretsInNamespace(t, tenantNS, "tenant")
 
 	dir := t.TempDir()
 	bin := buildCLI(t, dir, "v0.0.0-integration")
@@ -136,6 +246,27 @@ func TestCLIWithSecretKEK(t *testing.T) {
 		}
 	}
 
+	// The operator opens it through a ModelKey that names the Secret: the
+	// manifest records the KEK the ModelKey loads, and the data key unwraps
+	// bound to this bundle and digest.
+	manifest, err := seal.ReadManifest(ctx, bundle, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	modelKey := makeModelKey("models")
+	provider, err := keys.ModelKeyProvider(ctx, modelKey, ns, secretGetter(t, env.Config))
+	if err != nil {
+		t.Fatalf("the operator cannot load ModelKey %s: %v", modelKey.Name, err)
+	}
+	if manifest.Key.ID != provider.ID() {
+		t.Errorf("the bundle records key %s, ModelKey %s loads %s", manifest.Key.ID, modelKey.Name, provider.ID())
+	}
+	dek, err := seal.UnwrapDEK(ctx, manifest.Key, manifest.Binding(), provider)
+	if err != nil {
+		t.Errorf("the ModelKey's KEK does not unwrap the data key: %v", err)
+	}
+	clear(dek)
+
 	// The same KEK from a file opens a bundle sealed with the Secret.
 	kekFile := filepath.Join(dir, "kek")
 	if err := os.WriteFile(kekFile, kek, 0o600); err != nil {
@@ -144,14 +275,20 @@ func TestCLIWithSecretKEK(t *testing.T) {
 	runBinary(t, bin, kek, nil, "verify", bundle, "--kek-file", kekFile, "--expect-digest", digest, "--progress", "none")
 
 	failures := []struct {
-		name, ref, want string
+		name, user, ref, want string
 	}{
 		{name: "missing Secret", ref: ns + "/absent:kek", want: `secrets "absent" is forbidden`},
 		{name: "Secret the user may not read", ref: ns + "/other:kek", want: `User "sealer" cannot get resource "secrets"`},
+		{name: "tenant reads the operator's KEK", user: "tenant", ref: ns + "/model-kek:kek",
+			want: `User "tenant" cannot get resource "secrets" in API group "" in the namespace "` + ns + `"`},
 	}
 	for _, tt := range failures {
 		t.Run(tt.name, func(t *testing.T) {
-			cmd := exec.CommandContext(ctx, bin, "verify", bundle, "--kek-secret", tt.ref, "--kubeconfig", kubeconfig)
+			user := kubeconfig
+			if tt.user != "" {
+				user = impersonating(t, admin, tt.user)
+			}
+			cmd := exec.CommandContext(ctx, bin, "verify", bundle, "--kek-secret", tt.ref, "--kubeconfig", user)
 			out, err := cmd.CombinedOutput()
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
@@ -201,6 +338,29 @@ func grantGetSecret(t *testing.T, ns, user, secret string) {
 	}
 	binding := &rbacv1.RoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "read-kek"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}
+	if err := env.Client.Create(ctx, role); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Create(ctx, binding); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// grantSecretsInNamespace lets user read every Secret of ns, as the built-in
+// edit and admin ClusterRoles do (envtest runs no controller manager to
+// aggregate their rules, so the grant is spelled out).
+func grantSecretsInNamespace(t *testing.T, ns, user string) {
+	t.Helper()
+	ctx := context.Background()
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tenant-secrets"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch"}}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tenant-secrets"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
 		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
 	}
