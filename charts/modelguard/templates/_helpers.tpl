@@ -32,6 +32,23 @@ app.kubernetes.io/component: manager
 {{ include "modelguard.fullname" . }}-controller-manager
 {{- end -}}
 
+{{/*
+The key-release Service, the serving certificate's Secret and the CA bundle's
+ConfigMap, all in the release namespace. The manager gets the names as flags
+and its namespace Role names the Secret and the ConfigMap.
+*/}}
+{{- define "modelguard.keyReleaseServiceName" -}}
+{{ include "modelguard.fullname" . | trunc 51 | trimSuffix "-" }}-key-release
+{{- end -}}
+
+{{- define "modelguard.servingCertSecretName" -}}
+{{ include "modelguard.fullname" . }}-serving-cert
+{{- end -}}
+
+{{- define "modelguard.caConfigMapName" -}}
+{{ include "modelguard.fullname" . }}-ca
+{{- end -}}
+
 {{- define "modelguard.image" -}}
 {{- $repo := .Values.image.repository -}}
 {{- if .Values.image.digest -}}
@@ -56,4 +73,31 @@ grants exactly what the kustomize install grants.
 {{- fail "files/manager-role.yaml has no rules: run `make helm-sync`" -}}
 {{- end -}}
 {{- toYaml $role.rules -}}
+{{- end -}}
+
+{{/*
+The cluster-scoped part of the manager's rules, for the ClusterRole that
+goes with watchNamespaces: the same verbs on the resources listed here,
+nothing namespaced. A new cluster-scoped resource in config/rbac/role.yaml
+must be added to the list.
+*/}}
+{{- define "modelguard.clusterScopedManagerRules" -}}
+{{- $clusterScoped := list "namespaces" "modelkeys" "modelkeys/status" "tokenreviews" -}}
+{{- $role := .Files.Get "files/manager-role.yaml" | fromYaml -}}
+{{- $rules := list -}}
+{{- range $role.rules -}}
+{{- $resources := list -}}
+{{- range .resources -}}
+{{- if has . $clusterScoped -}}
+{{- $resources = append $resources . -}}
+{{- end -}}
+{{- end -}}
+{{- if $resources -}}
+{{- $rules = append $rules (dict "apiGroups" .apiGroups "resources" $resources "verbs" .verbs) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $rules -}}
+{{- fail "files/manager-role.yaml grants nothing cluster-scoped: run `make helm-sync`" -}}
+{{- end -}}
+{{- toYaml $rules -}}
 {{- end -}}
