@@ -17,16 +17,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/certs"
 )
 
-const certDNSName = "modelguard-key-release.modelguard-system.svc"
+// certDNSName is the name the manager's certificate is issued for by
+// default: the key-release Service in the operator's namespace.
+const certDNSName = mlv1alpha1.KeyReleaseServiceName + ".modelguard-system.svc"
 
 func newRotator(t *testing.T, ns string, mutate func(*certs.Options)) *certs.Rotator {
 	t.Helper()
 	opts := certs.Options{
 		Namespace: ns, SecretName: "modelguard-serving-cert", ConfigMapName: "modelguard-ca",
-		DNSNames: []string{certDNSName, "modelguard-key-release.modelguard-system.svc.cluster.local"},
+		DNSNames: []string{certDNSName, certDNSName + ".cluster.local"},
 	}
 	if mutate != nil {
 		mutate(&opts)
@@ -275,8 +278,9 @@ func TestServingCertificateOptions(t *testing.T) {
 }
 
 // TestRotatorRunsInAManager runs the rotator as a controller-runtime
-// runnable, as cmd/manager will: it needs no leader election, becomes ready
-// without help, and serves the certificate the Secret holds.
+// runnable, as cmd/manager does on every replica: it needs no leader
+// election, becomes ready without help, and serves the certificate the
+// Secret holds. TestManagerServesKeyRelease runs it in the real manager.
 func TestRotatorRunsInAManager(t *testing.T) {
 	ns := newNamespace(t)
 	mgr, err := manager.New(env.Config, manager.Options{

@@ -94,6 +94,44 @@ func TestHelmChartInSyncWithConfig(t *testing.T) {
 			}
 		}
 	}
+	// Under watchNamespaces a Role cannot grant the cluster-scoped rules, so
+	// they, and only they, go into a ClusterRole.
+	var wantCluster []rbacv1.PolicyRule
+	for _, r := range want {
+		var resources []string
+		for _, res := range r.Resources {
+			if clusterScopedResources[res] {
+				resources = append(resources, res)
+			}
+		}
+		if len(resources) > 0 {
+			wantCluster = append(wantCluster, rbacv1.PolicyRule{APIGroups: r.APIGroups, Resources: resources, Verbs: r.Verbs})
+		}
+	}
+	clusterRole := fromRendered[rbacv1.ClusterRole](t, findRendered(t, objs, "ClusterRole", "modelguard-manager-cluster-role"))
+	if diff := cmp.Diff(normalizeRules(wantCluster), normalizeRules(clusterRole.Rules)); diff != "" {
+		t.Errorf("chart ClusterRole under watchNamespaces differs from the cluster-scoped rules of config/rbac/role.yaml (-want +got):\n%s", diff)
+	}
+}
+
+// TestManagerClusterRoleGrantsNoSecrets checks the promise of the threat
+// model: the operator's cluster-wide rights include nothing on Secrets, so
+// that it cannot read a tenant's. It reads only the Secrets of its own
+// namespace, through a Role there (see assertKeyReleaseWiring).
+func TestManagerClusterRoleGrantsNoSecrets(t *testing.T) {
+	for _, r := range readRole(t, filepath.Join(env.RepoRoot, "config/rbac/role.yaml")).Rules {
+		if slices.Contains(r.Resources, "secrets") || slices.Contains(r.Resources, "*") {
+			t.Errorf("config/rbac/role.yaml grants %v on %v cluster-wide; remove the +kubebuilder:rbac marker that asks for it", r.Verbs, r.Resources)
+		}
+	}
+	for _, values := range [][]string{nil, {"--values", allOptionsValues}} {
+		objs := splitYAML(t, helmTemplate(t, "modelguard-system", values...))
+		for _, id := range grantsOn(t, objs, "", "secrets") {
+			if strings.HasPrefix(id, "ClusterRole ") {
+				t.Errorf("chart (%v): %s grants rights on Secrets", values, id)
+			}
+		}
+	}
 }
 
 func assertSameBytes(t *testing.T, want, got string) {
@@ -159,6 +197,8 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 	tests := []struct {
 		name      string
 		namespace string
+		// release is the release name; empty means chartReleaseName.
+		release string
 		// watched namespaces that must exist for namespaced Roles.
 		watched []string
 		args    []string
@@ -178,12 +218,18 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"ClusterRole modelguard-metrics-auth-role",
 				"ClusterRoleBinding modelguard-metrics-auth-rolebinding",
 				"ClusterRole modelguard-metrics-reader",
+				"Role modelguard-system/modelguard-manager-namespace-role",
+				"RoleBinding modelguard-system/modelguard-manager-namespace-rolebinding",
 				"Service modelguard-system/modelguard-controller-manager-metrics-service",
+				"Service modelguard-system/modelguard-key-release",
 				"Deployment modelguard-system/modelguard-controller-manager",
 			),
 			wantArgs: []string{
 				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
-				"--metrics-secure=true", "--unseal-image=modelguard:0.1.0", "--zap-log-level=info",
+				"--metrics-secure=true", "--unseal-image=modelguard:0.1.0",
+				"--key-release-bind-address=:8444", "--key-release-service=modelguard-key-release",
+				"--serving-cert-secret=modelguard-serving-cert", "--ca-configmap=modelguard-ca",
+				"--zap-log-level=info",
 			},
 		},
 		{
@@ -199,12 +245,17 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"RoleBinding team-b/modelguard-manager-rolebinding",
 				"ClusterRole modelguard-manager-cluster-role",
 				"ClusterRoleBinding modelguard-manager-cluster-rolebinding",
+				"Role default/modelguard-manager-events-role",
+				"RoleBinding default/modelguard-manager-events-rolebinding",
 				"Role mg-all/modelguard-leader-election-role",
 				"RoleBinding mg-all/modelguard-leader-election-rolebinding",
 				"ClusterRole modelguard-metrics-auth-role",
 				"ClusterRoleBinding modelguard-metrics-auth-rolebinding",
 				"ClusterRole modelguard-metrics-reader",
+				"Role mg-all/modelguard-manager-namespace-role",
+				"RoleBinding mg-all/modelguard-manager-namespace-rolebinding",
 				"Service mg-all/modelguard-controller-manager-metrics-service",
+				"Service mg-all/modelguard-key-release",
 				"Deployment mg-all/modelguard-controller-manager",
 				"ServiceMonitor mg-all/modelguard-controller-manager",
 				"PodMonitor mg-all/modelguard-models",
@@ -212,25 +263,36 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 			wantArgs: []string{
 				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:9443",
 				"--metrics-secure=true", "--unseal-image=registry.example.com/acme/modelguard-unseal:0.1.0-rc.1",
+				"--key-release-bind-address=:8444", "--key-release-service=modelguard-key-release",
+				"--serving-cert-secret=modelguard-serving-cert", "--ca-configmap=modelguard-ca",
 				"--zap-log-level=debug",
 				`--default-gpu-tolerations=[{"effect":"NoSchedule","key":"gpu-pool","operator":"Exists"}]`,
 				"--watch-namespaces=team-a,team-b",
 			},
 		},
 		{
+			// Another release name: the key-release objects are named
+			// after it, and the manager is told those names.
 			name:      "metrics and leader election off",
 			namespace: "mg-plain",
+			release:   "ml",
 			args: []string{"--set", "metrics.enabled=false", "--set", "leaderElection.enabled=false",
 				"--set", "image.tag=dev", "--set", "logLevel=5"},
 			want: append(common,
-				"ServiceAccount mg-plain/modelguard-controller-manager",
-				"ClusterRole modelguard-manager-role",
-				"ClusterRoleBinding modelguard-manager-rolebinding",
-				"Deployment mg-plain/modelguard-controller-manager",
+				"ServiceAccount mg-plain/ml-modelguard-controller-manager",
+				"ClusterRole ml-modelguard-manager-role",
+				"ClusterRoleBinding ml-modelguard-manager-rolebinding",
+				"Role mg-plain/ml-modelguard-manager-namespace-role",
+				"RoleBinding mg-plain/ml-modelguard-manager-namespace-rolebinding",
+				"Service mg-plain/ml-modelguard-key-release",
+				"Deployment mg-plain/ml-modelguard-controller-manager",
 			),
 			wantArgs: []string{
 				"--leader-elect=false", "--health-probe-bind-address=:8081", "--metrics-bind-address=0",
-				"--unseal-image=modelguard:dev", "--zap-log-level=5",
+				"--unseal-image=modelguard:dev",
+				"--key-release-bind-address=:8444", "--key-release-service=ml-modelguard-key-release",
+				"--serving-cert-secret=ml-modelguard-serving-cert", "--ca-configmap=ml-modelguard-ca",
+				"--zap-log-level=5",
 			},
 		},
 	}
@@ -241,7 +303,12 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 			for _, ns := range append([]string{tc.namespace}, tc.watched...) {
 				ensureNamespace(t, env.Client, ns, nil)
 			}
-			render := helmTemplate(t, tc.namespace, tc.args...)
+			release := tc.release
+			if release == "" {
+				release = chartReleaseName
+			}
+			render := runTool(t, helmEnv(t), helmPath(t), append([]string{"template", release, chartDir,
+				"--namespace", tc.namespace, "--include-crds"}, tc.args...)...)
 			objs := splitYAML(t, render)
 			got, want := objectIDs(objs), slices.Clone(tc.want)
 			sort.Strings(got)
@@ -253,12 +320,17 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 			out := serverDryRunApply(t, k, render)
 			assertAllApplied(t, objs, out)
 
-			d := fromRendered[appsv1.Deployment](t, findRendered(t, objs, "Deployment", "modelguard-controller-manager"))
+			fullname := release
+			if !strings.Contains(release, "modelguard") {
+				fullname += "-modelguard"
+			}
+			d := fromRendered[appsv1.Deployment](t, findRendered(t, objs, "Deployment", fullname+"-controller-manager"))
 			if diff := cmp.Diff(tc.wantArgs, d.Spec.Template.Spec.Containers[0].Args); diff != "" {
 				t.Errorf("manager args (-want +got):\n%s", diff)
 			}
 			assertManagerAcceptsArgs(t, d.Spec.Template.Spec.Containers[0].Args)
 			assertPodPassesRestricted(t, d)
+			assertKeyReleaseWiring(t, objs, tc.namespace)
 		})
 	}
 }

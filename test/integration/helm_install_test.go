@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -115,6 +116,26 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 		{Verb: "create", Group: "rbac.authorization.k8s.io", Resource: "rolebindings", Namespace: "team-a"},
 		{Verb: "create", Group: "coordination.k8s.io", Resource: "leases", Namespace: "team-a"},
 		{Verb: "exec", Resource: "pods", Namespace: "team-a"},
+		// No Secret outside its own namespace, and there only the ones it
+		// is named, never a list of them.
+		{Verb: "get", Resource: "secrets"},
+		{Verb: "get", Resource: "secrets", Namespace: "team-a"},
+		{Verb: "list", Resource: "secrets", Namespace: namespace},
+		{Verb: "watch", Resource: "secrets", Namespace: namespace},
+		{Verb: "update", Resource: "secrets", Namespace: namespace, Name: "a-modelkey-kek"},
+		{Verb: "delete", Resource: "secrets", Namespace: namespace, Name: "modelguard-serving-cert"},
+		{Verb: "update", Resource: "configmaps", Namespace: namespace, Name: "someone-elses"},
+	}
+	// In its own namespace the operator reads the Secrets ModelKeys name,
+	// and keeps its serving certificate and the CA bundle.
+	ownNamespace := []rbacCheck{
+		{Verb: "get", Resource: "secrets", Namespace: namespace, Name: "a-modelkey-kek"},
+		{Verb: "create", Resource: "secrets", Namespace: namespace},
+		{Verb: "get", Resource: "secrets", Namespace: namespace, Name: "modelguard-serving-cert"},
+		{Verb: "update", Resource: "secrets", Namespace: namespace, Name: "modelguard-serving-cert"},
+		{Verb: "create", Resource: "configmaps", Namespace: namespace},
+		{Verb: "get", Resource: "configmaps", Namespace: namespace, Name: "modelguard-ca"},
+		{Verb: "patch", Resource: "configmaps", Namespace: namespace, Name: "modelguard-ca"},
 	}
 
 	tests := []struct {
@@ -125,11 +146,11 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 	}{
 		{
 			name: "cluster-wide",
-			allowed: append(append(ruleChecks(managerRules, ""),
-				rbacCheck{Verb: "create", Group: "coordination.k8s.io", Resource: "leases", Namespace: namespace},
-				rbacCheck{Verb: "create", Group: "authentication.k8s.io", Resource: "tokenreviews"},
-				rbacCheck{Verb: "create", Group: "authorization.k8s.io", Resource: "subjectaccessreviews"}),
-				ruleChecks(managerRules, "team-b")...),
+			allowed: slices.Concat(ruleChecks(managerRules, ""), ruleChecks(managerRules, "team-b"), ownNamespace, []rbacCheck{
+				{Verb: "create", Group: "coordination.k8s.io", Resource: "leases", Namespace: namespace},
+				{Verb: "create", Group: "authentication.k8s.io", Resource: "tokenreviews"},
+				{Verb: "create", Group: "authorization.k8s.io", Resource: "subjectaccessreviews"},
+			}),
 			denied: neverAllowed,
 		},
 		{
@@ -137,8 +158,13 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 			// chart's manager-cluster-role grants them, and nothing else.
 			name: "watching team-a only",
 			args: []string{"--set", "watchNamespaces={team-a}"},
-			allowed: append(append(checksOfScope(ruleChecks(managerRules, "team-a"), false), checksOfScope(ruleChecks(managerRules, ""), true)...),
-				rbacCheck{Verb: "create", Group: "coordination.k8s.io", Resource: "leases", Namespace: namespace}),
+			allowed: slices.Concat(checksOfScope(ruleChecks(managerRules, "team-a"), false), checksOfScope(ruleChecks(managerRules, ""), true), ownNamespace,
+				[]rbacCheck{
+					{Verb: "create", Group: "coordination.k8s.io", Resource: "leases", Namespace: namespace},
+					// Events about ModelKeys, which are cluster-scoped, go
+					// to the default namespace.
+					{Verb: "create", Group: "events.k8s.io", Resource: "events", Namespace: "default"},
+				}),
 			denied: append(append(checksOfScope(ruleChecks(managerRules, "team-b"), false),
 				checksOfScope(ruleChecks(managerRules, ""), false)...), neverAllowed...),
 		},

@@ -29,10 +29,13 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 		"ClusterRoleBinding modelguard-manager-rolebinding",
 		"Role modelguard-system/modelguard-leader-election-role",
 		"RoleBinding modelguard-system/modelguard-leader-election-rolebinding",
+		"Role modelguard-system/modelguard-manager-namespace-role",
+		"RoleBinding modelguard-system/modelguard-manager-namespace-rolebinding",
 		"ClusterRole modelguard-metrics-auth-role",
 		"ClusterRoleBinding modelguard-metrics-auth-rolebinding",
 		"ClusterRole modelguard-metrics-reader",
 		"Service modelguard-system/modelguard-controller-manager-metrics-service",
+		"Service modelguard-system/modelguard-key-release",
 		"Deployment modelguard-system/modelguard-controller-manager",
 	}
 	got := objectIDs(objs)
@@ -51,6 +54,9 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 	d := fromRendered[appsv1.Deployment](t, findRendered(t, objs, "Deployment", "modelguard-controller-manager"))
 	assertManagerAcceptsArgs(t, d.Spec.Template.Spec.Containers[0].Args)
 	assertPodPassesRestricted(t, d)
+	// kustomize's namePrefix does not rewrite arguments, so this also checks
+	// that the names the manager is given are the prefixed ones.
+	assertKeyReleaseWiring(t, objs, "modelguard-system")
 
 	// Every binding names the ServiceAccount the Deployment runs as, in the
 	// namespace kustomize moved it to.
@@ -73,11 +79,20 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 		{"ClusterRole", "modelguard-metrics-auth-role"},
 		{"ClusterRole", "modelguard-metrics-reader"},
 		{"Role", "modelguard-leader-election-role"},
+		{"Role", "modelguard-manager-namespace-role"},
 	} {
 		k := fromRendered[rbacv1.ClusterRole](t, findRendered(t, objs, role.kind, role.name))
 		h := fromRendered[rbacv1.ClusterRole](t, findRendered(t, chart, role.kind, role.name))
 		if diff := cmp.Diff(normalizeRules(k.Rules), normalizeRules(h.Rules)); diff != "" {
 			t.Errorf("%s %s rules differ (-kustomize +helm):\n%s", role.kind, role.name, diff)
+		}
+	}
+	// And the manager serves key release under the same names.
+	hd := fromRendered[appsv1.Deployment](t, findRendered(t, chart, "Deployment", "modelguard-controller-manager"))
+	for _, flag := range []string{"key-release-bind-address", "key-release-service", "serving-cert-secret", "ca-configmap"} {
+		k, h := managerFlag(t, d.Spec.Template.Spec.Containers[0].Args, flag), managerFlag(t, hd.Spec.Template.Spec.Containers[0].Args, flag)
+		if k != h {
+			t.Errorf("--%s is %q with kustomize, %q with Helm", flag, k, h)
 		}
 	}
 }

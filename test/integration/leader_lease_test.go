@@ -29,7 +29,10 @@ func TestManagerDeletesItsLeaseOnExit(t *testing.T) {
 	cmd := exec.Command(bin, "--kubeconfig", kubeconfig,
 		"--leader-elect", "--leader-election-namespace", ns,
 		"--metrics-bind-address=0", "--health-probe-bind-address", freeLoopbackAddr(t),
-		"--watch-namespaces", ns, "--unseal-image=modelguard:lease-test")
+		"--watch-namespaces", ns, "--unseal-image=modelguard:lease-test",
+		// Every replica serves key release, leader or not; it must not
+		// keep the manager from stopping.
+		"--operator-namespace", ns, "--key-release-bind-address", freeLoopbackAddr(t))
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting the manager: %v", err)

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -42,13 +43,20 @@ func TestManagerMetricsEndpoint(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
 	bin := filepath.Join(binariesFromDockerfile(t), "manager")
-	kubeconfig := installChartRBAC(t, ns)
+	install := installChartRBAC(t, ns)
 	metricsAddr, probeAddr := freeLoopbackAddr(t), freeLoopbackAddr(t)
-	logs := startManager(t, bin,
-		"--kubeconfig", kubeconfig,
+	// The chart's manager namespace is the release namespace, from the
+	// downward API; key release is served, so readyz also waits for the
+	// serving certificate that the chart's Role lets it issue.
+	logs := startManagerWithEnv(t, []string{"POD_NAMESPACE=" + ns}, bin,
+		"--kubeconfig", install.kubeconfig,
 		"--watch-namespaces", ns,
 		"--metrics-bind-address", metricsAddr,
 		"--health-probe-bind-address", probeAddr,
+		"--key-release-bind-address", freeLoopbackAddr(t),
+		"--key-release-service", install.keyReleaseService,
+		"--serving-cert-secret", install.servingCertSecret,
+		"--ca-configmap", install.caConfigMap,
 		"--leader-elect=false",
 		"--unseal-image=modelguard:metrics-test",
 	)
@@ -71,19 +79,28 @@ func TestManagerMetricsEndpoint(t *testing.T) {
 	})
 
 	// What the metrics should count. The controller runs, so the models'
-	// status is the controller's: without its key Secret a model fails
-	// closed; with it, it waits for the key-resolve Job, which never runs
-	// here. TrainingJobs have no controller yet, so the test writes one's
-	// status itself.
-	failing := builders.MakeProtectedModel("no-key", ns).Obj()
-	pending := builders.MakeProtectedModel("resolving", ns).Obj()
-	keySecret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pending.Spec.Weights.Key.SecretRef.Name},
-		Data:       map[string][]byte{pending.Spec.Weights.Key.SecretRef.Key: []byte(keys.EncodeDEK(randomBytes(t, keys.KEKSize)))},
+	// status is the controller's: a model whose ModelKey does not exist
+	// fails closed; one whose ModelKey is Ready waits for its pods, which
+	// never start here. TrainingJobs have no controller yet, so the test
+	// writes one's status itself.
+	kek := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "kek"},
+		Data:       map[string][]byte{"kek": []byte(keys.EncodeDEK(randomBytes(t, keys.KEKSize)))},
 	}
-	if err := env.Client.Create(ctx, keySecret); err != nil {
+	if err := env.Client.Create(ctx, kek); err != nil {
 		t.Fatal(err)
 	}
+	mk := &mlv1alpha1.ModelKey{ObjectMeta: metav1.ObjectMeta{Name: ns + "-models"},
+		Spec: mlv1alpha1.ModelKeySpec{
+			Provider:          mlv1alpha1.ModelKeyProvider{Secret: &mlv1alpha1.ModelKeySecret{Name: kek.Name, Key: "kek"}},
+			NamespaceSelector: &metav1.LabelSelector{},
+		}}
+	if err := env.Client.Create(ctx, mk); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), mk) })
+	failing := builders.MakeProtectedModel("no-key", ns).ModelKey(ns + "-missing").Obj()
+	pending := builders.MakeProtectedModel("waiting", ns).ModelKey(mk.Name).Obj()
 	for _, pm := range []*mlv1alpha1.ProtectedModel{failing, pending} {
 		if err := env.Client.Create(ctx, pm); err != nil {
 			t.Fatal(err)
@@ -141,7 +158,7 @@ func TestManagerMetricsEndpoint(t *testing.T) {
 			`modelguard_models{namespace="` + ns + `",phase="Pending"}`:                       1,
 			`modelguard_models{namespace="` + ns + `",phase="Protected"}`:                     0,
 			`modelguard_protection_condition{status="False",type="KeyAvailable"}`:             1,
-			`modelguard_protection_condition{status="Unknown",type="KeyAvailable"}`:           1,
+			`modelguard_protection_condition{status="True",type="KeyAvailable"}`:              1,
 			`modelguard_protection_condition{status="True",type="WeightsEncrypted"}`:          2,
 			`modelguard_trainingjobs{phase="Running"}`:                                        1,
 			`modelguard_trainingjobs{phase="Succeeded"}`:                                      0,
@@ -198,20 +215,42 @@ func TestManagerMetricsEndpoint(t *testing.T) {
 	})
 }
 
-// installChartRBAC installs the chart's ServiceAccount and RBAC for an
-// operator watching only ns, under a release name of the test's own, and
-// returns a kubeconfig that authenticates as that ServiceAccount.
-func installChartRBAC(t *testing.T, ns string) string {
+// chartInstall is the chart's RBAC, installed for a manager that runs
+// outside the cluster as the chart's ServiceAccount.
+type chartInstall struct {
+	// kubeconfig authenticates as the chart's ServiceAccount.
+	kubeconfig string
+	// managerArgs are the arguments the chart gives the manager.
+	managerArgs []string
+	// The names the chart gives the manager for key release.
+	keyReleaseService, servingCertSecret, caConfigMap string
+}
+
+// installChartRBAC installs the chart's ServiceAccount, RBAC and Services
+// for an operator released into ns and watching only ns, under a release
+// name of the test's own, and returns a kubeconfig that authenticates as
+// that ServiceAccount with the chart's manager arguments.
+func installChartRBAC(t *testing.T, ns string) chartInstall {
 	t.Helper()
 	release := "mg-" + ns
 	render := runTool(t, helmEnv(t), helmPath(t), "template", release, chartDir, "--namespace", ns,
 		"--set", "watchNamespaces={"+ns+"}", "--set", "leaderElection.enabled=false")
 	var docs []string
+	var install chartInstall
 	for _, o := range splitYAML(t, render) {
-		if o.GetKind() != "Deployment" {
-			docs = append(docs, "---\n"+string(o.raw))
+		if o.GetKind() == "Deployment" {
+			d := fromRendered[appsv1.Deployment](t, o.Unstructured)
+			install.managerArgs = d.Spec.Template.Spec.Containers[0].Args
+			continue
 		}
+		docs = append(docs, "---\n"+string(o.raw))
 	}
+	if install.managerArgs == nil {
+		t.Fatal("the chart renders no Deployment")
+	}
+	install.keyReleaseService = managerFlag(t, install.managerArgs, "key-release-service")
+	install.servingCertSecret = managerFlag(t, install.managerArgs, "serving-cert-secret")
+	install.caConfigMap = managerFlag(t, install.managerArgs, "ca-configmap")
 	path := filepath.Join(t.TempDir(), "rbac.yaml")
 	if err := os.WriteFile(path, []byte(strings.Join(docs, "\n")), 0o600); err != nil {
 		t.Fatal(err)
@@ -243,11 +282,11 @@ contexts:
   context: {cluster: test, user: operator}
 current-context: operator
 `, env.Config.Host, base64.StdEncoding.EncodeToString(env.Config.CAData), token)
-	kubeconfigPath := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, []byte(kubeconfig), 0o600); err != nil {
+	install.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(install.kubeconfig, []byte(kubeconfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return kubeconfigPath
+	return install
 }
 
 // parseExposition reads the Prometheus text format into series -> value;
@@ -376,8 +415,16 @@ func (b *lockedBuffer) String() string {
 // with SIGTERM as the kubelet would.
 func startManager(t *testing.T, bin string, args ...string) *lockedBuffer {
 	t.Helper()
+	return startManagerWithEnv(t, nil, bin, args...)
+}
+
+// startManagerWithEnv is startManager with extra environment variables, e.g.
+// the POD_NAMESPACE that the downward API sets in a cluster.
+func startManagerWithEnv(t *testing.T, extraEnv []string, bin string, args ...string) *lockedBuffer {
+	t.Helper()
 	logs := &lockedBuffer{}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), extraEnv...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting the manager: %v", err)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
 // packagingTool returns the path of a tool the Makefile builds and exports
@@ -239,7 +242,7 @@ func subjectCan(t *testing.T, c client.Client, user string, attrs rbacCheck) boo
 	review := &authorizationv1.SubjectAccessReview{}
 	review.Spec.User = user
 	review.Spec.ResourceAttributes = &authorizationv1.ResourceAttributes{
-		Namespace: attrs.Namespace, Verb: attrs.Verb, Group: attrs.Group, Resource: attrs.Resource,
+		Namespace: attrs.Namespace, Verb: attrs.Verb, Group: attrs.Group, Resource: attrs.Resource, Name: attrs.Name,
 	}
 	if err := c.Create(context.Background(), review); err != nil {
 		t.Fatalf("SubjectAccessReview for %s: %v", user, err)
@@ -247,9 +250,10 @@ func subjectCan(t *testing.T, c client.Client, user string, attrs rbacCheck) boo
 	return review.Status.Allowed
 }
 
-// rbacCheck is one action a SubjectAccessReview asks about.
+// rbacCheck is one action a SubjectAccessReview asks about. Name, if set,
+// is the object's name, for rules limited by resourceNames.
 type rbacCheck struct {
-	Verb, Group, Resource, Namespace string
+	Verb, Group, Resource, Namespace, Name string
 }
 
 func (c rbacCheck) String() string {
@@ -261,7 +265,11 @@ func (c rbacCheck) String() string {
 	if group == "" {
 		group = "core"
 	}
-	return fmt.Sprintf("%s %s.%s %s", c.Verb, c.Resource, group, where)
+	what := c.Resource + "." + group
+	if c.Name != "" {
+		what += " " + c.Name
+	}
+	return fmt.Sprintf("%s %s %s", c.Verb, what, where)
 }
 
 // ruleChecks expands RBAC rules into one check per group, resource and verb,
@@ -294,5 +302,178 @@ func eventuallyNoError(t *testing.T, what string, f func() error) {
 			t.Fatalf("timed out waiting until %s: %v", what, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// rulesAllow evaluates RBAC rules as the authorizer does for one request:
+// some rule must match the verb, the group, the resource and, when the rule
+// names any, the object's name.
+func rulesAllow(rules []rbacv1.PolicyRule, c rbacCheck) bool {
+	matches := func(list []string, v string) bool { return slices.Contains(list, v) || slices.Contains(list, "*") }
+	for _, r := range rules {
+		if matches(r.Verbs, c.Verb) && matches(r.APIGroups, c.Group) && matches(r.Resources, c.Resource) &&
+			(len(r.ResourceNames) == 0 || (c.Name != "" && slices.Contains(r.ResourceNames, c.Name))) {
+			return true
+		}
+	}
+	return false
+}
+
+// grantsOn lists the roles of a render whose rules mention resource in
+// group, as "Kind namespace/name".
+func grantsOn(t *testing.T, objs []renderedObject, group, resource string) []string {
+	t.Helper()
+	var out []string
+	for _, o := range objs {
+		if o.GetKind() != "Role" && o.GetKind() != "ClusterRole" {
+			continue
+		}
+		for _, r := range fromRendered[rbacv1.ClusterRole](t, o.Unstructured).Rules {
+			if slices.Contains(r.APIGroups, group) && (slices.Contains(r.Resources, resource) || slices.Contains(r.Resources, "*")) {
+				out = append(out, objectID(o.Unstructured))
+				break
+			}
+		}
+	}
+	return out
+}
+
+// managerFlag returns the value of --name=value in args.
+func managerFlag(t *testing.T, args []string, name string) string {
+	t.Helper()
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	t.Fatalf("the manager is not given --%s; its args: %v", name, args)
+	return ""
+}
+
+// assertKeyReleaseWiring checks that a render (Helm or kustomize) serves key
+// release the way the manager and the models' pods expect, in the
+// operator's namespace:
+//   - the manager pods carry OperatorPodLabels, which the models'
+//     NetworkPolicies select, and know their namespace from the downward API;
+//   - the container port key-release is mlv1alpha1.KeyReleasePort, the one
+//     port those NetworkPolicies open, and the manager binds it;
+//   - the Service the manager is told about exists, maps 443 to that port
+//     and selects the manager pods;
+//   - a Role in the namespace, bound to the manager's ServiceAccount, lets
+//     it read ModelKeys' Secrets and keep its serving certificate and CA
+//     bundle, and nothing else on them;
+//   - nothing in the render grants anything on Secrets elsewhere.
+func assertKeyReleaseWiring(t *testing.T, objs []renderedObject, namespace string) {
+	t.Helper()
+	var d *appsv1.Deployment
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			d = fromRendered[appsv1.Deployment](t, o.Unstructured)
+		}
+	}
+	if d == nil {
+		t.Fatalf("the render has no Deployment: %v", objectIDs(objs))
+	}
+	pod := d.Spec.Template
+	for k, v := range mlv1alpha1.OperatorPodLabels() {
+		if pod.Labels[k] != v {
+			t.Errorf("the manager pods are labelled %v, without %s=%s that the models' NetworkPolicies select", pod.Labels, k, v)
+		}
+	}
+	c := pod.Spec.Containers[0]
+	port := -1
+	for _, p := range c.Ports {
+		if p.Name == "key-release" {
+			port = int(p.ContainerPort)
+			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+				t.Errorf("port key-release is %s, want TCP", p.Protocol)
+			}
+		}
+	}
+	if port != mlv1alpha1.KeyReleasePort {
+		t.Errorf("container port key-release = %d, want %d (-1: none)", port, mlv1alpha1.KeyReleasePort)
+	}
+	if got := managerFlag(t, c.Args, "key-release-bind-address"); got != fmt.Sprintf(":%d", mlv1alpha1.KeyReleasePort) {
+		t.Errorf("--key-release-bind-address=%s, want :%d", got, mlv1alpha1.KeyReleasePort)
+	}
+	hasNamespaceEnv := false
+	for _, e := range c.Env {
+		if e.Name == "POD_NAMESPACE" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "metadata.namespace" {
+			hasNamespaceEnv = true
+		}
+	}
+	if !hasNamespaceEnv {
+		t.Errorf("the manager has no POD_NAMESPACE from the downward API; env: %+v", c.Env)
+	}
+
+	serviceName := managerFlag(t, c.Args, "key-release-service")
+	svc := fromRendered[corev1.Service](t, findRendered(t, objs, "Service", serviceName))
+	if svc.Namespace != namespace {
+		t.Errorf("Service %s is in %q, want the operator's namespace %s", serviceName, svc.Namespace, namespace)
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 443 || svc.Spec.Ports[0].TargetPort.String() != "key-release" {
+		t.Errorf("Service %s ports %+v, want 443 to targetPort key-release", serviceName, svc.Spec.Ports)
+	}
+	if len(svc.Spec.Selector) == 0 {
+		t.Errorf("Service %s selects nothing", serviceName)
+	}
+	for k, v := range svc.Spec.Selector {
+		if pod.Labels[k] != v {
+			t.Errorf("Service %s selects %s=%s, which the manager pods do not carry", serviceName, k, v)
+		}
+	}
+
+	secret, configMap := managerFlag(t, c.Args, "serving-cert-secret"), managerFlag(t, c.Args, "ca-configmap")
+	var rules []rbacv1.PolicyRule
+	for _, o := range objs {
+		if o.GetKind() != "RoleBinding" || o.GetNamespace() != namespace {
+			continue
+		}
+		b := fromRendered[rbacv1.RoleBinding](t, o.Unstructured)
+		if b.RoleRef.Kind != "Role" || !slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == rbacv1.ServiceAccountKind && s.Name == pod.Spec.ServiceAccountName && s.Namespace == namespace
+		}) {
+			continue
+		}
+		for _, r := range objs {
+			if r.GetKind() == "Role" && r.GetNamespace() == namespace && r.GetName() == b.RoleRef.Name {
+				rules = append(rules, fromRendered[rbacv1.Role](t, r.Unstructured).Rules...)
+			}
+		}
+	}
+	for _, check := range []rbacCheck{
+		{Verb: "get", Resource: "secrets", Name: "a-modelkey-kek"},
+		{Verb: "get", Resource: "secrets", Name: secret},
+		{Verb: "create", Resource: "secrets"},
+		{Verb: "update", Resource: "secrets", Name: secret},
+		{Verb: "patch", Resource: "secrets", Name: secret},
+		{Verb: "get", Resource: "configmaps", Name: configMap},
+		{Verb: "create", Resource: "configmaps"},
+		{Verb: "update", Resource: "configmaps", Name: configMap},
+		{Verb: "patch", Resource: "configmaps", Name: configMap},
+	} {
+		if !rulesAllow(rules, check) {
+			t.Errorf("the manager's Roles in %s do not allow %s", namespace, check)
+		}
+	}
+	for _, check := range []rbacCheck{
+		{Verb: "list", Resource: "secrets"},
+		{Verb: "watch", Resource: "secrets"},
+		{Verb: "delete", Resource: "secrets", Name: secret},
+		{Verb: "update", Resource: "secrets", Name: "a-modelkey-kek"},
+		{Verb: "patch", Resource: "secrets", Name: "a-modelkey-kek"},
+		{Verb: "get", Resource: "configmaps", Name: "someone-elses"},
+		{Verb: "update", Resource: "configmaps", Name: "someone-elses"},
+	} {
+		if rulesAllow(rules, check) {
+			t.Errorf("the manager's Roles in %s allow %s, which it does not need", namespace, check)
+		}
+	}
+
+	// The operator's namespace is the only place it touches Secrets.
+	for _, id := range grantsOn(t, objs, "", "secrets") {
+		if !strings.HasPrefix(id, "Role "+namespace+"/") {
+			t.Errorf("%s grants rights on Secrets outside the operator's namespace", id)
+		}
 	}
 }
