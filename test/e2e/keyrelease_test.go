@@ -812,12 +812,24 @@ func testManagerRestart(t *testing.T, e *modelEnv, op *operatorRelease, m restar
 	var ready *corev1.Pod
 	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := client.CoreV1().Pods(ns).Get(ctx, starting.Name, metav1.GetOptions{})
-		if err != nil {
+		switch {
+		case apierrors.IsNotFound(err):
+			// Stop waiting: the pod that waited for its key is gone.
+			return false, err
+		case err != nil:
 			return false, nil
 		}
 		ready = p
+		if p.DeletionTimestamp != nil {
+			return false, fmt.Errorf("pod %s is being deleted", p.Name)
+		}
 		return podReady(p), nil
 	})
+	if apierrors.IsNotFound(err) || (err != nil && ready != nil && ready.DeletionTimestamp != nil) {
+		op.dumpLogs(t)
+		t.Fatalf("pod %s, which waited for its key, was deleted after the manager came back (%v): the restarted manager scaled or rolled the model's Deployment instead of letting the pod get its key; pods now: %v",
+			starting.Name, err, podNames(modelPods(t, ns, m.name)))
+	}
 	if err != nil {
 		log, _ := podLog(ns, starting.Name, mlv1alpha1.ContainerUnseal, false)
 		previous, _ := podLog(ns, starting.Name, mlv1alpha1.ContainerUnseal, true)
@@ -846,11 +858,7 @@ func testManagerRestart(t *testing.T, e *modelEnv, op *operatorRelease, m restar
 	waitForModel(t, ns, m.name, 2*time.Minute, "Ready after the restart", func(pm *mlv1alpha1.ProtectedModel) bool {
 		return conditionIs(pm, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
 	})
-	var names []string
-	for _, p := range modelPods(t, ns, m.name) {
-		names = append(names, p.Name)
-	}
-	if !slices.Equal(names, []string{starting.Name}) {
+	if names := podNames(modelPods(t, ns, m.name)); !slices.Equal(names, []string{starting.Name}) {
 		t.Errorf("after the restart the model's pods are %v, want only %s: the restarted manager rolled the Deployment", names, starting.Name)
 	}
 	if err := eventually(60*time.Second, func() error {
@@ -887,6 +895,14 @@ func waitForPodLogged(t *testing.T, ns, name, container string, timeout time.Dur
 			ns, name, what, timeout, describeStatus(last), container, previous, container, log)
 	}
 	return last
+}
+
+func podNames(pods []corev1.Pod) []string {
+	names := make([]string, len(pods))
+	for i := range pods {
+		names[i] = pods[i].Name
+	}
+	return names
 }
 
 func podReady(p *corev1.Pod) bool {
