@@ -252,12 +252,19 @@ func TestKubectlGetColumns(t *testing.T) {
 		})
 	}
 
-	t.Run("category modelguard lists both kinds", func(t *testing.T) {
+	t.Run("category modelguard lists both namespaced kinds", func(t *testing.T) {
 		out, err := k.run("get", "modelguard", "-n", ns, "-o", "name")
 		if err != nil {
 			t.Fatalf("kubectl get modelguard: %v\n%s", err, out)
 		}
-		got := strings.Fields(out)
+		// ModelKeys are in the category too, but cluster-scoped: -n does
+		// not narrow them, so any that other tests created are left out.
+		var got []string
+		for _, name := range strings.Fields(out) {
+			if !strings.HasPrefix(name, "modelkey.ml.modelguard.dev/") {
+				got = append(got, name)
+			}
+		}
 		want := []string{"protectedmodel.ml.modelguard.dev/sentiment", "trainingjob.ml.modelguard.dev/finetune"}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("kubectl get modelguard -o name (-want +got):\n%s", diff)
