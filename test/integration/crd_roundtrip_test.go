@@ -132,3 +132,36 @@ func subset(want, got any, path string) (string, bool) {
 		return path, reflect.DeepEqual(wj, gj)
 	}
 }
+
+// TestSamplesNameTheirModelKey checks that every key reference in the samples
+// (weights.key, baseWeights.key, output.seal.key) names a ModelKey the
+// samples define, so that applying config/samples gives models whose key
+// exists.
+func TestSamplesNameTheirModelKey(t *testing.T) {
+	defined := map[string]bool{}
+	for _, obj := range sampleObjects(t) {
+		if obj.GetKind() == "ModelKey" {
+			defined[obj.GetName()] = true
+		}
+	}
+	refs := map[string][][]string{
+		"ProtectedModel": {{"spec", "weights", "key", "modelKey"}},
+		"TrainingJob":    {{"spec", "baseWeights", "key", "modelKey"}, {"spec", "output", "seal", "key", "modelKey"}},
+	}
+	seen := 0
+	for _, obj := range sampleObjects(t) {
+		for _, path := range refs[obj.GetKind()] {
+			name, found, err := unstructured.NestedString(obj.Object, path...)
+			if err != nil || !found {
+				continue
+			}
+			seen++
+			if !defined[name] {
+				t.Errorf("%s %s: %s names ModelKey %q, which config/samples does not define", obj.GetKind(), obj.GetName(), strings.Join(path, "."), name)
+			}
+		}
+	}
+	if seen == 0 {
+		t.Error("no sample names a ModelKey")
+	}
+}
