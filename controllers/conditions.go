@@ -40,7 +40,17 @@ func setWeightsEncryptedCondition(conditions *[]metav1.Condition, gen int64, bun
 
 // setWeightsVerifiedCondition reports what the unseal init containers of the
 // workload's own pods said.
+//
+// A key-release refusal says nothing about the bundle, so it does not replace
+// a verdict on it: after BundleTampered the model is stalled, the next unseal
+// run is refused (ModelStalled), and letting that refusal replace the verdict
+// would un-stall the model, release the key again and fail again, forever.
 func setWeightsVerifiedCondition(conditions *[]metav1.Condition, gen int64, k keyState, pods []corev1.Pod) {
+	if c := meta.FindStatusCondition(*conditions, mlv1alpha1.ConditionWeightsVerified); c != nil && c.Status == metav1.ConditionFalse &&
+		isBundleVerdict(c.Reason) && onlyKeyDenials(pods) {
+		c.ObservedGeneration = gen
+		return
+	}
 	verified, format := false, 0
 	for i := range pods {
 		message, code, done := terminated(pods[i].Status.InitContainerStatuses, mlv1alpha1.ContainerUnseal)
@@ -227,4 +237,21 @@ func execGuardSummary(access mlv1alpha1.Access) string {
 		return "no break-glass groups"
 	}
 	return "break-glass groups: " + strings.Join(access.BreakGlassGroups, ", ")
+}
+
+// isBundleVerdict reports whether reason says the bundle itself is wrong.
+func isBundleVerdict(reason string) bool {
+	return reason == mlv1alpha1.ReasonBundleTampered || reason == mlv1alpha1.ReasonDigestMismatch
+}
+
+// onlyKeyDenials reports whether every finished unseal run among pods was
+// refused its key, so that none of them read the bundle.
+func onlyKeyDenials(pods []corev1.Pod) bool {
+	for i := range pods {
+		message, code, done := terminated(pods[i].Status.InitContainerStatuses, mlv1alpha1.ContainerUnseal)
+		if done && (code == 0 || classifyUnsealError(message) != mlv1alpha1.ReasonKeyReleaseDenied) {
+			return false
+		}
+	}
+	return true
 }

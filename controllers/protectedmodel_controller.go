@@ -63,6 +63,13 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 
 	facts := r.Facts()
+	if !facts.KeyRelease.Ready() {
+		// A manager that has just started may not have loaded its serving
+		// certificate yet. Applying now would build pods without the CA
+		// bundle and scale serving models to zero; touch nothing instead.
+		logf.FromContext(ctx).V(1).Info("Waiting for the key-release certificate")
+		return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, nil
+	}
 	live := newModelChildren(pm, facts)
 	// The ServiceAccount and the NetworkPolicy exist before any pod, so that
 	// no pod is ever rejected for a missing account or runs unisolated.
@@ -93,17 +100,13 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		}
 		return ctrl.Result{}, err
 	}
-	if !key.KeyReleaseReady {
-		// The certificate is issued by a runnable of this manager, which no
-		// watch reports: look again shortly.
-		return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, nil
-	}
 	return ctrl.Result{}, nil
 }
 
-// keyReleaseRetryInterval is how often a model waits for the key-release
-// certificate when it is not known yet.
-const keyReleaseRetryInterval = 5 * time.Second
+// keyReleaseRetryInterval is how often a model looks again for the
+// key-release certificate, which a runnable of this manager loads and no
+// watch reports.
+const keyReleaseRetryInterval = time.Second
 
 // modelChildren are the live children of a model as the reconcile observed
 // them, and what was built for them.

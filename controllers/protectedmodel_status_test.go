@@ -252,6 +252,24 @@ func TestSetWeightsVerifiedCondition(t *testing.T) {
 		prior: []metav1.Condition{verifiedEarlier},
 		obs:   observation{Key: keyState{ModelKey: "models", KeyReason: mlv1alpha1.ReasonModelKeyNotFound, KeyMessage: "ModelKey models does not exist"}},
 		want:  pending,
+	}, {
+		// A refusal says nothing of the bundle: replacing the verdict would
+		// un-stall the model and let it fail on the same bundle again.
+		name: "tampered earlier, the next run refused its key: the verdict stays",
+		prior: []metav1.Condition{{Type: mlv1alpha1.ConditionWeightsVerified, Status: metav1.ConditionFalse,
+			Reason: mlv1alpha1.ReasonBundleTampered, Message: tamperMessage, ObservedGeneration: 2, LastTransitionTime: longAgo}},
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, keyDeniedMessage)} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonBundleTampered, tamperMessage),
+	}, {
+		name: "tampered earlier, a repaired bundle verified: verified",
+		prior: []metav1.Condition{{Type: mlv1alpha1.ConditionWeightsVerified, Status: metav1.ConditionFalse,
+			Reason: mlv1alpha1.ReasonBundleTampered, Message: tamperMessage, ObservedGeneration: 2, LastTransitionTime: longAgo}},
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(0, "ok digest=sha256:… files=3")} }),
+		want: verified,
+	}, {
+		name: "a refused key without an earlier verdict: KeyReleaseDenied",
+		obs:  with(servingObservation(), func(o *observation) { o.Pods = []corev1.Pod{unsealPod(1, keyDeniedMessage)} }),
+		want: cond(mlv1alpha1.ConditionWeightsVerified, metav1.ConditionFalse, mlv1alpha1.ReasonKeyReleaseDenied, keyDeniedMessage),
 	}})
 }
 

@@ -67,6 +67,11 @@ type Decision struct {
 	// ModelKey is the ModelKey to unwrap or wrap with, from the model's
 	// spec; required when allowed.
 	ModelKey string
+	// Undo, when set, forgets what the Verifier recorded for an allowed
+	// decision (e.g. that this unseal run got its key). The server calls it
+	// when it could not finish the request for a reason the pod may retry,
+	// so that the retry is not refused as a second release.
+	Undo func()
 }
 
 // Verifier makes the release decision. An error means the decision could not
@@ -228,14 +233,17 @@ func (s *Server) serveRelease(w http.ResponseWriter, r *http.Request) {
 	dek, err := s.opts.Keys.Unwrap(ctx, decision.ModelKey, req.Key, req.Bundle.Binding(req.ModelDigest))
 	if err != nil {
 		res := keysFailure(claim, decision, err)
+		s.undoIfRetryable(decision, res)
 		s.reply(ctx, w, res.status, nil, res.outcome)
 		return
 	}
 	defer clear(dek)
 	sealed, err := SealDataKey(req.PublicKey, BindingFor(req), dek)
 	if err != nil {
-		s.reply(ctx, w, http.StatusInternalServerError, nil, outcomeOf(claim, decision, ResultError, "SealFailed",
-			"sealing the data key to the pod's public key failed"))
+		res := result{http.StatusInternalServerError, outcomeOf(claim, decision, ResultError, "SealFailed",
+			"sealing the data key to the pod's public key failed")}
+		s.undoIfRetryable(decision, res)
+		s.reply(ctx, w, res.status, nil, res.outcome)
 		return
 	}
 	s.reply(ctx, w, http.StatusOK, &ReleaseResponse{Version: ProtocolVersion, Suite: Suite, SealedKey: sealed},
@@ -269,6 +277,15 @@ func (s *Server) serveWrap(w http.ResponseWriter, r *http.Request) {
 	}
 	s.reply(ctx, w, http.StatusOK, &WrapResponse{Version: ProtocolVersion, Key: record},
 		outcomeOf(claim, decision, ResultWrapped, mlv1alpha1.ReasonKeyWrapped, "data key wrapped for pod "+decision.Pod.String()))
+}
+
+// undoIfRetryable forgets an allowed decision whose request failed with a
+// status the client retries (5xx): the pod never received anything, and its
+// retry must not be refused as a second release.
+func (s *Server) undoIfRetryable(d Decision, res result) {
+	if d.Undo != nil && res.status >= http.StatusInternalServerError {
+		d.Undo()
+	}
 }
 
 // verify asks the Verifier and turns anything but a consistent allow into a

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	k8stypes "k8s.io/apimachinery/pkg/types"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
@@ -563,4 +564,49 @@ func TestMetricOnManagerRegistry(t *testing.T) {
 		}
 	}
 	t.Fatal("modelguard_key_releases_total is not on controller-runtime's metrics registry")
+}
+
+// TestProviderOutageDoesNotSpendTheRelease: the Verifier records a release
+// when it allows it; when the provider then fails (503, retried by the pod),
+// the server undoes that record, so that the same unseal run's retry is
+// released instead of refused as a second release.
+func TestProviderOutageDoesNotSpendTheRelease(t *testing.T) {
+	f := newFixture(t)
+	var logs logBuffer
+	var ledger releaseLedger
+	allow := f.allowWhen()
+	onceVerifier := verifierFunc(func(ctx context.Context, c Claim) (Decision, error) {
+		d, err := allow.Verify(ctx, c)
+		if err != nil || !d.Allowed {
+			return d, err
+		}
+		if first, _ := ledger.claim(k8stypes.UID(c.PodUID), "run-1"); !first {
+			return Decision{Reason: mlv1alpha1.ReasonAlreadyReleased, Message: "already released"}, nil
+		}
+		d.Undo = func() { ledger.forget(k8stypes.UID(c.PodUID), "run-1") }
+		return d, nil
+	})
+	var unwraps atomic.Int32
+	flaky := ProviderKeys(func(ctx context.Context, name string) (keys.Provider, error) {
+		if unwraps.Add(1) == 1 {
+			return nil, errors.New("KMS throttled the request")
+		}
+		return f.kek, nil
+	})
+	srv, caFile := tlsServer(t, newTestServer(t, onceVerifier, flaky, &logs, nil))
+	c := newTestClient(t, srv.URL, caFile, fastBackoff(10*time.Second), logs.logger())
+	dek, err := c.Release(context.Background(), f.releaseParams())
+	if err != nil {
+		t.Fatalf("release after a provider outage: %v", err)
+	}
+	if !bytes.Equal(dek, f.dek) {
+		t.Fatal("released a different data key")
+	}
+	if n := unwraps.Load(); n != 2 {
+		t.Errorf("provider asked %d times, want 2 (one outage, one release)", n)
+	}
+	// A second request of the same run is still refused.
+	if _, err := c.Release(context.Background(), f.releaseParams()); err == nil {
+		t.Error("a second release of the same run was not refused")
+	}
 }

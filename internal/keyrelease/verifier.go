@@ -135,6 +135,7 @@ func (v *ProtectedModelVerifier) Verify(ctx context.Context, claim Claim) (Decis
 	} else if restarted {
 		logf.FromContext(ctx).Info("Releasing the data key again to a restarted unseal container", "pod", d.Pod.String(), "model", claim.Model.String(), "run", run)
 	}
+	d.Undo = func() { v.released.forget(pod.UID, run) }
 	d.Allowed, d.Reason, d.Message = true, mlv1alpha1.ReasonKeyReleased, about+": every check passed"
 	return d, nil
 }
@@ -303,8 +304,14 @@ func ptrTrue(b *bool) bool { return b != nil && *b }
 // stalled says why the model is stalled, or "" when it is not: the Stalled
 // condition the controller wrote, and the spec-only checks of the
 // policy.Stalled chain, which hold even before the controller has looked.
+//
+// A model stalled on its bundle (BundleTampered, DigestMismatch) still gets
+// its key: the unseal container authenticates every chunk and refuses such
+// a bundle itself, and refusing the key would keep a repaired bundle from
+// ever being verified, so the model could not recover.
 func stalled(pm *mlv1alpha1.ProtectedModel) string {
-	if c := meta.FindStatusCondition(pm.Status.Conditions, mlv1alpha1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue {
+	if c := meta.FindStatusCondition(pm.Status.Conditions, mlv1alpha1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue &&
+		c.Reason != mlv1alpha1.ReasonBundleTampered && c.Reason != mlv1alpha1.ReasonDigestMismatch {
 		return fmt.Sprintf("%s: %s", c.Reason, c.Message)
 	}
 	if reason, msg, failed := policy.Stalled.Evaluate(policy.Facts{MemoryCoversWeights: builder.MemoryCoversWeights(pm)}); failed {
@@ -358,6 +365,16 @@ func (v *ProtectedModelVerifier) modelKey(ctx context.Context, pm *mlv1alpha1.Pr
 type releaseLedger struct {
 	mu   sync.Mutex
 	runs map[types.UID][]string
+}
+
+// forget removes run of pod, claimed for a release that did not happen.
+func (l *releaseLedger) forget(pod types.UID, run string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.runs[pod] = slices.DeleteFunc(l.runs[pod], func(r string) bool { return r == run })
+	if len(l.runs[pod]) == 0 {
+		delete(l.runs, pod)
+	}
 }
 
 // claim records run for pod; first is false when it was recorded before,

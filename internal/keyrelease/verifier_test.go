@@ -5,8 +5,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
 func TestUnsealRun(t *testing.T) {
@@ -56,6 +60,42 @@ func TestReleaseLedger(t *testing.T) {
 	want := []result{{true, false}, {false, false}, {true, true}, {false, false}, {true, false}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("claims (-want +got):\n%s", diff)
+	}
+
+	// A release that failed after the claim (provider unavailable) is
+	// forgotten, so that the same run's retry is a first claim again.
+	l.forget("b", "run-1")
+	if first, restarted := l.claim("b", "run-1"); !first || restarted {
+		t.Errorf("after forget: first %v restarted %v, want a first claim", first, restarted)
+	}
+	l.forget("a", "run-2")
+	if first, restarted := l.claim("a", "run-2"); !first || !restarted {
+		t.Errorf("a forgotten second run: first %v restarted %v, want a first claim of a restarted container", first, restarted)
+	}
+}
+
+func TestStalledLetsBundleVerdictsThrough(t *testing.T) {
+	model := func(reason string) *mlv1alpha1.ProtectedModel {
+		pm := &mlv1alpha1.ProtectedModel{}
+		pm.Spec.Weights.Memory = resource.MustParse("1Gi")
+		if reason != "" {
+			pm.Status.Conditions = []metav1.Condition{{Type: mlv1alpha1.ConditionStalled, Status: metav1.ConditionTrue, Reason: reason, Message: "m"}}
+		}
+		return pm
+	}
+	tests := []struct{ reason, want string }{
+		{"", ""},
+		{mlv1alpha1.ReasonMemoryTooSmall, "MemoryTooSmall: m"},
+		{mlv1alpha1.ReasonModelKeyNotFound, "ModelKeyNotFound: m"},
+		// The unseal container refuses such a bundle itself; a repaired
+		// bundle must be able to get its key and be verified again.
+		{mlv1alpha1.ReasonBundleTampered, ""},
+		{mlv1alpha1.ReasonDigestMismatch, ""},
+	}
+	for _, tc := range tests {
+		if got := stalled(model(tc.reason)); got != tc.want {
+			t.Errorf("stalled(%q) = %q, want %q", tc.reason, got, tc.want)
+		}
 	}
 }
 
