@@ -88,6 +88,11 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	if o.showVersion {
+		// --version answers anywhere, e.g. `docker run <image> --version`,
+		// without the in-cluster settings the checks below need.
+		return o, nil
+	}
 	var err error
 	if o.operatorNamespace == "" {
 		o.operatorNamespace = leaseNamespace("")

@@ -50,6 +50,12 @@ func TestParseOptions(t *testing.T) {
 		env:     map[string]string{podNamespaceEnv: ""},
 		wantErr: "--operator-namespace",
 	}, {
+		// --version answers outside a cluster too (docker run <image> --version).
+		name: "version needs no in-cluster settings",
+		args: []string{"--version"},
+		env:  map[string]string{podNamespaceEnv: ""},
+		want: func(o *options) { o.showVersion = true },
+	}, {
 		name: "key release disabled needs no namespace",
 		args: []string{"--key-release-bind-address=0"},
 		env:  map[string]string{podNamespaceEnv: ""},
