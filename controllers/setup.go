@@ -32,6 +32,24 @@ type Options struct {
 	KeyRelease func() builder.KeyRelease
 }
 
+// protectedModelReconciler is the ProtectedModel controller these options
+// configure.
+func (o Options) protectedModelReconciler(mgr ctrl.Manager) *ProtectedModelReconciler {
+	r := &ProtectedModelReconciler{UnsealImage: o.UnsealImage, DefaultGPUTolerations: o.DefaultGPUTolerations, KeyRelease: o.KeyRelease}
+	if mgr != nil {
+		r.Client, r.Recorder = mgr.GetClient(), mgr.GetEventRecorder("modelguard")
+	}
+	return r
+}
+
+// ProtectedModelFacts are the builders' inputs of the ProtectedModel
+// controller these options configure. The key-release verifier builds with
+// the same, so that it compares a pod with exactly the template the
+// controller applies.
+func (o Options) ProtectedModelFacts() builder.ProtectedModelFacts {
+	return o.protectedModelReconciler(nil).Facts()
+}
+
 // +kubebuilder:rbac:groups=core,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -40,15 +58,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	if opts.UnsealImage == "" {
 		return fmt.Errorf("the unseal image is not set (--unseal-image)")
 	}
-	pm := &ProtectedModelReconciler{
-		Client:      mgr.GetClient(),
-		Recorder:    mgr.GetEventRecorder("modelguard"),
-		UnsealImage: opts.UnsealImage,
-
-		DefaultGPUTolerations: opts.DefaultGPUTolerations,
-		KeyRelease:            opts.KeyRelease,
-	}
-	if err := pm.SetupWithManager(mgr); err != nil {
+	if err := opts.protectedModelReconciler(mgr).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the ProtectedModel controller: %w", err)
 	}
 	mk := &ModelKeyReconciler{

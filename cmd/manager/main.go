@@ -206,27 +206,22 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 			return err
 		}
 	}
-	endpoint := o.keyRelease.endpoint(o.operatorNamespace, rotator)
-	if err := controllers.SetupWithManager(mgr, controllers.Options{
+	controllerOpts := controllers.Options{
 		UnsealImage:           o.unsealImage,
 		DefaultGPUTolerations: o.gpuTolerations,
 		OperatorNamespace:     o.operatorNamespace,
-		KeyRelease:            endpoint,
-	}); err != nil {
+		KeyRelease:            o.keyRelease.endpoint(o.operatorNamespace, rotator),
+	}
+	if err := controllers.SetupWithManager(mgr, controllerOpts); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
 	}
 	if rotator != nil {
-		// The verifier compares pods with what the ProtectedModel
-		// controller generates, from the same inputs.
-		facts := (&controllers.ProtectedModelReconciler{
-			UnsealImage:           o.unsealImage,
-			DefaultGPUTolerations: o.gpuTolerations,
-			KeyRelease:            endpoint,
-		}).Facts
 		handler, err := newKeyReleaseHandler(keyReleaseDeps{
-			reader:            mgr.GetAPIReader(),
-			tokenReviews:      mgr.GetClient(),
-			facts:             facts,
+			reader:       mgr.GetAPIReader(),
+			tokenReviews: mgr.GetClient(),
+			// The verifier compares pods with what the ProtectedModel
+			// controller generates, from the same inputs.
+			facts:             controllerOpts.ProtectedModelFacts,
 			recorder:          mgr.GetEventRecorder("modelguard"),
 			operatorNamespace: o.operatorNamespace,
 		})
