@@ -320,8 +320,9 @@ func stalled(pm *mlv1alpha1.ProtectedModel) string {
 	return ""
 }
 
-// modelKey finds the model's ModelKey and checks that it is Ready for its
-// generation and selects the model's namespace.
+// modelKey finds the model's ModelKey and checks, with the controllers' own
+// policy, that it is Ready for its generation and selects the model's
+// namespace.
 func (v *ProtectedModelVerifier) modelKey(ctx context.Context, pm *mlv1alpha1.ProtectedModel) (name, reason, message string, err error) {
 	if v.ModelKeyFor == nil {
 		return "", mlv1alpha1.ReasonModelKeyNotFound, "the operator names no ModelKey for the model", nil
@@ -330,29 +331,20 @@ func (v *ProtectedModelVerifier) modelKey(ctx context.Context, pm *mlv1alpha1.Pr
 	if err != nil {
 		return "", mlv1alpha1.ReasonModelKeyNotFound, err.Error(), nil
 	}
-	mk := &mlv1alpha1.ModelKey{}
-	if err := v.Reader.Get(ctx, types.NamespacedName{Name: name}, mk); err != nil {
-		if apierrors.IsNotFound(err) {
-			return name, mlv1alpha1.ReasonModelKeyNotFound, fmt.Sprintf("ModelKey %s does not exist", name), nil
-		}
+	var mk *mlv1alpha1.ModelKey
+	found := &mlv1alpha1.ModelKey{}
+	switch err := v.Reader.Get(ctx, types.NamespacedName{Name: name}, found); {
+	case err == nil:
+		mk = found
+	case !apierrors.IsNotFound(err):
 		return name, "", "", fmt.Errorf("reading ModelKey %s: %w", name, err)
-	}
-	ready := meta.FindStatusCondition(mk.Status.Conditions, mlv1alpha1.ConditionReady)
-	if ready == nil || ready.Status != metav1.ConditionTrue || ready.ObservedGeneration != mk.Generation {
-		why := "its self-test has not run for its current spec"
-		if ready != nil && ready.Status == metav1.ConditionFalse {
-			why = ready.Reason + ": " + ready.Message
-		}
-		return name, mlv1alpha1.ReasonModelKeyNotReady, fmt.Sprintf("ModelKey %s is not Ready: %s", name, why), nil
 	}
 	ns := &corev1.Namespace{}
 	if err := v.Reader.Get(ctx, types.NamespacedName{Name: pm.Namespace}, ns); err != nil {
 		return name, "", "", fmt.Errorf("reading namespace %s: %w", pm.Namespace, err)
 	}
-	if ok, msg := policy.KeyPermits(mk, ns); !ok {
-		return name, mlv1alpha1.ReasonKeyNotPermitted, msg, nil
-	}
-	return name, "", "", nil
+	reason, message = policy.ModelKeyUsable(name, mk, ns)
+	return name, reason, message, nil
 }
 
 // releaseLedger remembers which unseal runs received a key: once per pod
