@@ -132,6 +132,10 @@ const (
 	// ReasonPodSpecDrift means a live pod differs from the generated
 	// template, e.g. a container was added or a command changed.
 	ReasonPodSpecDrift = "PodSpecDrift"
+	// ReasonNamespaceNotEnforced means the namespace does not enforce Pod
+	// Security baseline or restricted, so another pod on the node could be
+	// privileged or mount the host and read the plaintext: nothing is served.
+	ReasonNamespaceNotEnforced = "NamespaceNotEnforced"
 
 	// GPUScheduled.
 

@@ -81,6 +81,20 @@ const (
 	ManagedByValue = "modelguard"
 )
 
+// LabelProtectedNamespace marks a namespace in which ModelGuard manages a
+// protected workload. The operator sets it before any child exists and
+// removes it with the last workload; the admission guard's
+// ValidatingWebhookConfiguration selects namespaces by it (CONNECT requests
+// such as exec carry no object, so objectSelector cannot scope them).
+// Tenants bound to edit or admin cannot change a Namespace's labels.
+const LabelProtectedNamespace = "modelguard.dev/protected-namespace"
+
+// LabelPodSecurityEnforce is the Pod Security admission label a namespace
+// needs, at baseline or restricted, before a model is served in it:
+// otherwise a privileged or hostPath pod on the same node could read the
+// plaintext in tmpfs.
+const LabelPodSecurityEnforce = "pod-security.kubernetes.io/enforce"
+
 // FieldManager is the server-side apply field manager of every ModelGuard
 // write; the admission guard tells the operator's own changes by it.
 const FieldManager = "modelguard"
