@@ -105,6 +105,10 @@ func setNetworkIsolatedCondition(conditions *[]metav1.Condition, gen int64, f wo
 }
 
 func setHardenedCondition(conditions *[]metav1.Condition, gen int64, f workloadFacts) {
+	if reason, message, failed := policy.NamespaceNotEnforced(f.policyFacts()); failed {
+		set(conditions, gen, mlv1alpha1.ConditionHardened, metav1.ConditionFalse, reason, message)
+		return
+	}
 	if reason, message, failed := policy.PodSecurityViolated(f.policyFacts()); failed {
 		set(conditions, gen, mlv1alpha1.ConditionHardened, metav1.ConditionFalse, reason, message)
 		return

@@ -38,6 +38,9 @@ type workloadFacts struct {
 	// PodSecurityViolations lists the Pod Security "restricted" failures of
 	// the generated pod templates.
 	PodSecurityViolations []string
+	// NamespaceEnforcement says why the namespace does not enforce Pod
+	// Security baseline or restricted; empty when it does.
+	NamespaceEnforcement string
 	// PodDrift lists how live pods differ from the generated template, each
 	// entry naming the pod and the container or volume.
 	PodDrift []string
@@ -52,7 +55,7 @@ type workloadFacts struct {
 
 // policyFacts are the facts the policy chains read.
 func (f workloadFacts) policyFacts() policy.Facts {
-	return policy.Facts{PolicyApplied: f.PolicyApplied, PodSecurityViolations: f.PodSecurityViolations}
+	return policy.Facts{PolicyApplied: f.PolicyApplied, PodSecurityViolations: f.PodSecurityViolations, NamespaceEnforcement: f.NamespaceEnforcement}
 }
 
 // workloadChildren are a workload's applied children as observeWorkload needs

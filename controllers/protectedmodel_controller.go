@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -55,7 +56,11 @@ type ProtectedModelReconciler struct {
 func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	pm := &mlv1alpha1.ProtectedModel{}
 	if err := r.Get(ctx, req.NamespacedName, pm); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			// The last model of a namespace takes the guard's label with it.
+			return ctrl.Result{}, unguardNamespaceIfEmpty(ctx, r.Client, req.Namespace)
+		}
+		return ctrl.Result{}, err
 	}
 	logf.FromContext(ctx).V(1).Info("Reconciling", "generation", pm.Generation)
 	if !pm.DeletionTimestamp.IsZero() {
@@ -70,17 +75,25 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		logf.FromContext(ctx).V(1).Info("Waiting for the key-release certificate")
 		return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, nil
 	}
+	ns := &corev1.Namespace{}
+	if err := r.Get(ctx, client.ObjectKey{Name: pm.Namespace}, ns); err != nil {
+		return ctrl.Result{}, fmt.Errorf("reading namespace %s: %w", pm.Namespace, err)
+	}
+	// The admission guard covers the namespace before any child exists.
+	if err := guardNamespace(ctx, r.Client, ns); err != nil {
+		return ctrl.Result{}, err
+	}
 	live := newModelChildren(pm, facts)
 	// The ServiceAccount and the NetworkPolicy exist before any pod, so that
 	// no pod is ever rejected for a missing account or runs unisolated.
 	if err := r.applyIdentityAndIsolation(ctx, pm, live); err != nil {
 		return ctrl.Result{}, err
 	}
-	key, err := r.modelKeyState(ctx, pm, facts.KeyRelease.Ready())
+	key, err := r.modelKeyState(ctx, pm, ns, facts.KeyRelease.Ready())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	obs, err := r.applyChildren(ctx, pm, key, facts, live)
+	obs, err := r.applyChildren(ctx, pm, ns, key, facts, live)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -89,6 +102,7 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, err
 	}
 	observed.PodSecurityViolations, observed.BundleHostProblem = obs.PodSecurityViolations, obs.BundleHostProblem
+	observed.NamespaceEnforcement = obs.NamespaceEnforcement
 	obs.workloadFacts = observed
 	if err := writeStatusIfChanged(ctx, r.Client, r.Recorder, pm, protectedModelStatus, computeStatus(pm, obs)); err != nil {
 		if apierrors.IsConflict(err) {
@@ -166,14 +180,14 @@ func (r *ProtectedModelReconciler) applyIdentityAndIsolation(ctx context.Context
 // and the NetworkPolicy are in place (applyIdentityAndIsolation) so that no
 // pod ever runs without them; the Deployment is scaled to zero unless the
 // serving chain passes (fail closed).
-func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, key keyState, facts children.ProtectedModelFacts, live *modelChildren) (observation, error) {
+func (r *ProtectedModelReconciler) applyChildren(ctx context.Context, pm *mlv1alpha1.ProtectedModel, ns *corev1.Namespace, key keyState, facts children.ProtectedModelFacts, live *modelChildren) (observation, error) {
 	obs := observation{
-		Key:                 key,
+		Key: key,
+		// applyIdentityAndIsolation applied the policy before anything else.
+		workloadFacts:       workloadFacts{PolicyApplied: true, NamespaceEnforcement: policy.NamespaceEnforcement(ns)},
 		MemoryCoversWeights: children.MemoryCoversWeights(pm),
 		DesiredReplicas:     children.Replicas(pm),
 		BundleLocation:      children.BundleLocation(&pm.Spec.Weights),
-		// applyIdentityAndIsolation applied it before anything else.
-		workloadFacts: workloadFacts{PolicyApplied: true},
 	}
 	obs.BundleHostProblem = bundleHostProblem(ctx, pm.Spec.Weights.Source.HTTP, children.ForProtectedModel(pm).Network.AllowedEgress)
 

@@ -33,9 +33,10 @@ type keyState struct {
 	KeyReleaseReady bool
 }
 
-// modelKeyState reads the model's ModelKey and namespace from the cache and
-// checks them with the same policy the key-release verifier applies.
-func (r *ProtectedModelReconciler) modelKeyState(ctx context.Context, pm *mlv1alpha1.ProtectedModel, release bool) (keyState, error) {
+// modelKeyState reads the model's ModelKey from the cache and checks it for
+// the model's namespace ns with the same policy the key-release verifier
+// applies.
+func (r *ProtectedModelReconciler) modelKeyState(ctx context.Context, pm *mlv1alpha1.ProtectedModel, ns *corev1.Namespace, release bool) (keyState, error) {
 	name := pm.Spec.Weights.Key.ModelKey
 	k := keyState{ModelKey: name, KeyReleaseReady: release}
 	var mk *mlv1alpha1.ModelKey
@@ -45,10 +46,6 @@ func (r *ProtectedModelReconciler) modelKeyState(ctx context.Context, pm *mlv1al
 		mk, k.Provider = found, string(found.Spec.Provider.Kind())
 	case !apierrors.IsNotFound(err):
 		return k, fmt.Errorf("reading ModelKey %s: %w", name, err)
-	}
-	ns := &corev1.Namespace{}
-	if err := r.Get(ctx, client.ObjectKey{Name: pm.Namespace}, ns); err != nil {
-		return k, fmt.Errorf("reading namespace %s: %w", pm.Namespace, err)
 	}
 	k.KeyReason, k.KeyMessage = policy.ModelKeyUsable(name, mk, ns)
 	return k, nil

@@ -301,6 +301,13 @@ func TestSetHardenedCondition(t *testing.T) {
 		want: cond(mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted,
 			`every generated pod passes Pod Security "restricted", runs with a read-only root and no API token`),
 	}, {
+		name: "namespace does not enforce Pod Security: before anything else",
+		obs: with(servingObservation(), func(o *observation) {
+			o.NamespaceEnforcement = "namespace nlp does not enforce Pod Security"
+			o.PodSecurityViolations = []string{"host namespaces: hostNetwork=true"}
+		}),
+		want: cond(mlv1alpha1.ConditionHardened, metav1.ConditionFalse, mlv1alpha1.ReasonNamespaceNotEnforced, "namespace nlp does not enforce Pod Security"),
+	}, {
 		name: "violations listed",
 		obs: with(servingObservation(), func(o *observation) {
 			o.PodSecurityViolations = []string{`privileged: container "server" must not set securityContext.privileged=true`, "host namespaces: hostNetwork=true"}

@@ -5,7 +5,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
@@ -151,4 +154,30 @@ func typedTemplate(template *corev1ac.PodTemplateSpecApplyConfiguration) (*corev
 	}
 	out := &corev1.PodTemplateSpec{}
 	return out, json.Unmarshal(data, out)
+}
+
+func TestNamespaceEnforcement(t *testing.T) {
+	ns := func(labels map[string]string) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nlp", Labels: labels}}
+	}
+	tests := []struct {
+		name   string
+		labels map[string]string
+		want   string
+	}{
+		{"restricted", map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}, ""},
+		{"baseline", map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}, ""},
+		{"no label", nil, "namespace nlp does not enforce Pod Security: label it pod-security.kubernetes.io/enforce=restricted (or baseline), so that no privileged or hostPath pod can run beside the model"},
+		{"privileged", map[string]string{"pod-security.kubernetes.io/enforce": "privileged"},
+			`namespace nlp enforces Pod Security "privileged": models need pod-security.kubernetes.io/enforce=restricted (or baseline), so that no privileged or hostPath pod can run beside them`},
+		{"only warn and audit", map[string]string{"pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted"},
+			"namespace nlp does not enforce Pod Security: label it pod-security.kubernetes.io/enforce=restricted (or baseline), so that no privileged or hostPath pod can run beside the model"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, policy.NamespaceEnforcement(ns(tc.labels))); diff != "" {
+				t.Errorf("NamespaceEnforcement (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

@@ -30,6 +30,9 @@ func (c Chain) Evaluate(f Facts) (reason, message string, failed bool) {
 type Facts struct {
 	// KeyReason and KeyMessage explain why the key is not available.
 	KeyReason, KeyMessage string
+	// NamespaceEnforcement says why the workload's namespace does not
+	// enforce Pod Security baseline or restricted; empty when it does.
+	NamespaceEnforcement string
 	// KeyReleaseReady is true once the key-release service's endpoint and
 	// CA bundle are known, so that the unseal container can get its key.
 	KeyReleaseReady bool

@@ -66,6 +66,13 @@ func TestServingAndStalledChains(t *testing.T) {
 		stalled: verdict{"KeyNotPermitted", "ModelKey models does not select namespace nlp", true},
 		serve:   verdict{"KeyNotPermitted", "ModelKey models does not select namespace nlp", true},
 	}, {
+		name: "namespace not enforcing Pod Security, before memory",
+		facts: with(func(f *policy.Facts) {
+			f.NamespaceEnforcement, f.MemoryCoversWeights = "namespace nlp does not enforce Pod Security", false
+		}),
+		stalled: verdict{mlv1alpha1.ReasonNamespaceNotEnforced, "namespace nlp does not enforce Pod Security", true},
+		serve:   verdict{mlv1alpha1.ReasonNamespaceNotEnforced, "namespace nlp does not enforce Pod Security", true},
+	}, {
 		name:    "memory too small",
 		facts:   with(func(f *policy.Facts) { f.MemoryCoversWeights = false }),
 		stalled: verdict{mlv1alpha1.ReasonMemoryTooSmall, memory, true},
@@ -93,7 +100,7 @@ func TestServingAndStalledChains(t *testing.T) {
 			}
 		})
 	}
-	if len(policy.Stalled) != 2 {
+	if len(policy.Stalled) != 3 {
 		t.Errorf("building Serving changed Stalled: %d checks", len(policy.Stalled))
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 // Stalled are the failures that need a person to act: the workload is held
 // at zero pods until the spec or the key is fixed.
-var Stalled = Chain{KeyFailed, MemoryTooSmall}
+var Stalled = Chain{KeyFailed, NamespaceNotEnforced, MemoryTooSmall}
 
 // Serving decides whether a ProtectedModel may serve: nothing stalls it, its
 // ModelKey may be used, key release is ready, its NetworkPolicy is in place
@@ -21,6 +21,12 @@ var Serving = append(Stalled[:len(Stalled):len(Stalled)], KeyPending, PolicyMiss
 // not select its namespace.
 func KeyFailed(f Facts) (string, string, bool) {
 	return f.KeyReason, f.KeyMessage, f.KeyReason != ""
+}
+
+// NamespaceNotEnforced fails when the namespace lets privileged or hostPath
+// pods run beside the workload's (see NamespaceEnforcement).
+func NamespaceNotEnforced(f Facts) (string, string, bool) {
+	return mlv1alpha1.ReasonNamespaceNotEnforced, f.NamespaceEnforcement, f.NamespaceEnforcement != ""
 }
 
 // MemoryTooSmall fails when the plaintext weights would not fit the pod's

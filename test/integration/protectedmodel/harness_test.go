@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -177,6 +178,14 @@ func (w *writeRecorder) record(s string) {
 	w.all = append(w.all, s)
 }
 
+// first returns the index of the first recorded write that is exactly
+// write ("METHOD /path"), or -1.
+func (w *writeRecorder) first(write string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Index(w.all, write)
+}
+
 // inNamespace returns the writes recorded so far to objects in ns.
 func (w *writeRecorder) inNamespace(ns string) []string {
 	w.mu.Lock()
@@ -207,9 +216,13 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// newNamespace makes a namespace that enforces Pod Security baseline, as a
+// namespace must before a model is served in it. (Baseline, not restricted,
+// so that tests may create the tenant pods they attack with.)
 func newNamespace(t *testing.T) string {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "pm-"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "pm-",
+		Labels: map[string]string{mlv1alpha1.LabelPodSecurityEnforce: "baseline"}}}
 	if err := k8s.Create(context.Background(), ns); err != nil {
 		t.Fatalf("creating namespace: %v", err)
 	}

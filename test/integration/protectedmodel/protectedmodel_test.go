@@ -377,6 +377,89 @@ func TestFailClosed(t *testing.T) {
 	}
 }
 
+// TestNamespaceMustEnforcePodSecurity: in a namespace that does not enforce
+// Pod Security baseline or restricted, a privileged pod could read the
+// plaintext beside the model, so nothing is served (Hardened=False,
+// NamespaceNotEnforced, Deployment at zero); enforcing it serves the model.
+func TestNamespaceMustEnforcePodSecurity(t *testing.T) {
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "pm-open-"}}
+	if err := k8s.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	pm := builders.MakeProtectedModel("open", ns.Name).Obj()
+	if err := k8s.Create(ctx, pm); err != nil {
+		t.Fatal(err)
+	}
+	pm = waitForCondition(t, ns.Name, pm.Name, mlv1alpha1.ConditionHardened, metav1.ConditionFalse, mlv1alpha1.ReasonNamespaceNotEnforced)
+	if msg := findCondition(pm, mlv1alpha1.ConditionHardened).Message; !strings.Contains(msg, mlv1alpha1.LabelPodSecurityEnforce) {
+		t.Errorf("Hardened message %q does not say which label to set", msg)
+	}
+	waitForCondition(t, ns.Name, pm.Name, mlv1alpha1.ConditionStalled, metav1.ConditionTrue, mlv1alpha1.ReasonNamespaceNotEnforced)
+	if d := getDeployment(t, pm); *d.Spec.Replicas != 0 {
+		t.Errorf("Deployment replicas = %d in a namespace that does not enforce Pod Security", *d.Spec.Replicas)
+	}
+
+	update(t, ns, func(n *corev1.Namespace) {
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		n.Labels[mlv1alpha1.LabelPodSecurityEnforce] = "restricted"
+	})
+	waitForCondition(t, ns.Name, pm.Name, mlv1alpha1.ConditionHardened, metav1.ConditionTrue, mlv1alpha1.ReasonRestricted)
+	eventually(t, "the Deployment is scaled up", func() error {
+		if d := getDeployment(t, pm); *d.Spec.Replicas != 1 {
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+// TestNamespaceCarriesTheGuardLabelWhileItHasModels: the operator labels a
+// namespace for the admission guard before any child of its first model
+// exists, and removes the label with its last model.
+func TestNamespaceCarriesTheGuardLabelWhileItHasModels(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	guarded := func() (bool, error) {
+		n := &corev1.Namespace{}
+		if err := k8s.Get(ctx, client.ObjectKey{Name: ns}, n); err != nil {
+			return false, err
+		}
+		return n.Labels[mlv1alpha1.LabelProtectedNamespace] == "true", nil
+	}
+	first, _ := protectedModel(t, builders.MakeProtectedModel("first", ns))
+	second, _ := protectedModel(t, builders.MakeProtectedModel("second", ns))
+	if ok, err := guarded(); err != nil || !ok {
+		t.Fatalf("namespace with models is not labelled %s (err %v)", mlv1alpha1.LabelProtectedNamespace, err)
+	}
+	// The label came before the first child.
+	label, account := writes.first("PATCH /api/v1/namespaces/"+ns), writes.first("PATCH /api/v1/namespaces/"+ns+"/serviceaccounts/first")
+	if label < 0 || account < 0 || label > account {
+		t.Errorf("namespace labelled at write %d, the first model's ServiceAccount at %d: the label must come first", label, account)
+	}
+	if err := k8s.Delete(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if ok, err := guarded(); err != nil || !ok {
+		t.Fatalf("namespace lost the guard label while model %s remains (err %v)", second.Name, err)
+	}
+	if err := k8s.Delete(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the guard label goes with the last model", func() error {
+		ok, err := guarded()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return fmt.Errorf("still labelled")
+		}
+		return nil
+	})
+}
+
 // TestModelKeyChangesReachTheModel: narrowing a ModelKey's namespaceSelector
 // takes the key away from a serving model (held at zero pods, reason
 // KeyNotPermitted), and labelling the namespace gives it back: both through
