@@ -1,5 +1,7 @@
 // Package certs issues and rotates the operator's serving certificate, one
 // mechanism shared by the key-release endpoint and the admission webhook.
+// Where cert-manager issues the certificate instead, External follows the
+// Secret it writes; both are a Source.
 //
 // It follows the design of open-policy-agent/cert-controller, which Kueue
 // uses: a self-signed CA and a serving certificate kept together in a Secret
@@ -335,11 +337,17 @@ func (r *Rotator) servingCertGood(cert, ca *x509.Certificate, now time.Time) boo
 
 // publish applies the bundle to the ConfigMap with server-side apply.
 func (r *Rotator) publish(ctx context.Context, bundle []byte) error {
-	cm := corev1ac.ConfigMap(r.opts.ConfigMapName, r.opts.Namespace).
+	return publishBundle(ctx, r.c, r.opts.Namespace, r.opts.ConfigMapName, r.opts.FieldOwner, bundle)
+}
+
+// publishBundle applies a CA bundle to the ConfigMap namespace/name with
+// server-side apply.
+func publishBundle(ctx context.Context, c client.Client, namespace, name, fieldOwner string, bundle []byte) error {
+	cm := corev1ac.ConfigMap(name, namespace).
 		WithLabels(map[string]string{"app.kubernetes.io/managed-by": "modelguard", "app.kubernetes.io/component": "serving-cert"}).
 		WithData(map[string]string{ConfigMapBundle: string(bundle)})
-	if err := r.c.Apply(ctx, cm, client.FieldOwner(r.opts.FieldOwner), client.ForceOwnership); err != nil {
-		return fmt.Errorf("publishing the CA bundle to ConfigMap %s/%s: %w", r.opts.Namespace, r.opts.ConfigMapName, err)
+	if err := c.Apply(ctx, cm, client.FieldOwner(fieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("publishing the CA bundle to ConfigMap %s/%s: %w", namespace, name, err)
 	}
 	return nil
 }
