@@ -9,6 +9,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,10 +41,45 @@ type keyReleaseOptions struct {
 	// service is the Service in front of every replica's endpoint, in the
 	// operator's namespace; the serving certificate names it.
 	service string
-	// servingCertSecret holds the CA and the serving certificate.
+	// servingCertSecret holds the serving certificate: the one the manager
+	// issues, with its CA, or the one cert-manager issues.
 	servingCertSecret string
 	// caConfigMap publishes the CA bundle.
 	caConfigMap string
+	// certSource says who issues the serving certificate.
+	certSource certSource
+}
+
+// certSource names who issues the serving certificate. The zero value is
+// certSourceSelfSigned, the default.
+type certSource string
+
+const (
+	// certSourceSelfSigned: the manager issues a self-signed CA and the
+	// serving certificate into the Secret, and rotates them (certs.Rotator).
+	certSourceSelfSigned certSource = "self-signed"
+	// certSourceCertManager: cert-manager issues them into the Secret, and
+	// the manager only reads it (certs.External).
+	certSourceCertManager certSource = "cert-manager"
+)
+
+var certSources = []certSource{certSourceSelfSigned, certSourceCertManager}
+
+// String is the flag's value.
+func (s *certSource) String() string {
+	if s == nil || *s == "" {
+		return string(certSourceSelfSigned)
+	}
+	return string(*s)
+}
+
+// Set accepts one of certSources.
+func (s *certSource) Set(v string) error {
+	if !slices.Contains(certSources, certSource(v)) {
+		return fmt.Errorf("%q is not a certificate source: use %s or %s", v, certSourceSelfSigned, certSourceCertManager)
+	}
+	*s = certSource(v)
+	return nil
 }
 
 func (k *keyReleaseOptions) bindFlags(fs *flag.FlagSet) {
@@ -53,9 +89,14 @@ func (k *keyReleaseOptions) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&k.service, "key-release-service", mlv1alpha1.KeyReleaseServiceName,
 		"Name of the Service, in the operator's namespace, in front of the key-release endpoints; the serving certificate is issued for it.")
 	fs.StringVar(&k.servingCertSecret, "serving-cert-secret", "modelguard-serving-cert",
-		"Secret in the operator's namespace holding the self-signed CA and the serving certificate; created and rotated by the manager.")
+		"Secret in the operator's namespace holding the serving certificate. With --cert-source=self-signed the manager creates it and "+
+			"keeps its self-signed CA and serving certificate rotated; with --cert-source=cert-manager it is the Certificate's "+
+			"spec.secretName (keys tls.crt, tls.key, ca.crt), which the manager only reads.")
 	fs.StringVar(&k.caConfigMap, "ca-configmap", "modelguard-ca",
 		"ConfigMap in the operator's namespace to which the manager publishes the CA bundle (key ca.crt).")
+	fs.Var(&k.certSource, "cert-source",
+		"Who issues the key-release serving certificate: self-signed (the manager, the default) or cert-manager "+
+			"(a Certificate of a cert-manager CA issuer writes --serving-cert-secret; the manager follows its renewals).")
 }
 
 func (k *keyReleaseOptions) enabled() bool { return k.bindAddress != "0" }
@@ -71,6 +112,9 @@ func (k *keyReleaseOptions) validate(operatorNamespace string) error {
 	}
 	if problems := validation.IsDNS1123Subdomain(k.caConfigMap); len(problems) > 0 {
 		return fmt.Errorf("--ca-configmap %q is not a ConfigMap name: %s", k.caConfigMap, strings.Join(problems, "; "))
+	}
+	if k.certSource != "" && !slices.Contains(certSources, k.certSource) {
+		return fmt.Errorf("--cert-source %q: use %s or %s", string(k.certSource), certSourceSelfSigned, certSourceCertManager)
 	}
 	if !k.enabled() {
 		return nil
@@ -95,17 +139,39 @@ func (k *keyReleaseOptions) dnsNames(namespace string) []string {
 
 // endpoint returns what the unseal containers are given: the Service's URL,
 // the CA bundle they trust and the namespace their NetworkPolicy admits
-// egress to. Without a rotator, or before its first certificate, the CA
-// bundle is empty and the controller starts no model pod.
-func (k *keyReleaseOptions) endpoint(namespace string, rotator *certs.Rotator) func() builder.KeyRelease {
+// egress to. Without a certificate source, or before its first certificate,
+// the CA bundle is empty and the controller starts no model pod.
+func (k *keyReleaseOptions) endpoint(namespace string, source certs.Source) func() builder.KeyRelease {
 	url := "https://" + k.dnsNames(namespace)[0]
 	return func() builder.KeyRelease {
 		kr := builder.KeyRelease{URL: url, Namespace: namespace}
-		if rotator != nil {
-			kr.CABundle = string(rotator.CABundle())
+		if source != nil {
+			kr.CABundle = string(source.CABundle())
 		}
 		return kr
 	}
+}
+
+// newCertSource returns the key-release endpoint's certificate source, as
+// --cert-source says: the rotator that issues it, or the follower of the
+// Secret cert-manager writes. Either runs on every replica. c must not be
+// cached: the operator never caches Secrets.
+func (k *keyReleaseOptions) newCertSource(c client.Client, namespace string) (certs.Source, error) {
+	if k.certSource != certSourceCertManager {
+		return k.newRotator(c, namespace)
+	}
+	e, err := certs.NewExternal(c, certs.ExternalOptions{
+		Namespace:     namespace,
+		SecretName:    k.servingCertSecret,
+		ConfigMapName: k.caConfigMap,
+		DNSNames:      k.dnsNames(namespace),
+		FieldOwner:    mlv1alpha1.FieldManager,
+		Log:           ctrl.Log.WithName("certs"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("serving certificates from cert-manager: %w", err)
+	}
+	return e, nil
 }
 
 // newRotator returns the serving-certificate rotator of the key-release
@@ -358,17 +424,17 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// addKeyRelease adds the serving-certificate rotator and the key-release
+// addKeyRelease adds the serving-certificate source and the key-release
 // endpoint to mgr, with a readiness check that passes once a certificate
-// is loaded. c must not be cached for Secrets.
-func addKeyRelease(mgr manager.Manager, rotator *certs.Rotator, addr string, handler http.Handler) error {
-	if err := mgr.Add(rotator); err != nil {
-		return fmt.Errorf("adding the serving-certificate rotator: %w", err)
+// is loaded.
+func addKeyRelease(mgr manager.Manager, source certs.Source, addr string, handler http.Handler) error {
+	if err := mgr.Add(source); err != nil {
+		return fmt.Errorf("adding the serving-certificate source: %w", err)
 	}
-	if err := mgr.AddReadyzCheck("key-release-certificate", rotator.ReadyzCheck); err != nil {
+	if err := mgr.AddReadyzCheck("key-release-certificate", source.ReadyzCheck); err != nil {
 		return fmt.Errorf("adding the key-release ready check: %w", err)
 	}
-	if err := mgr.Add(&keyReleaseServer{addr: addr, handler: handler, cert: rotator.GetCertificate, log: ctrl.Log.WithName("key-release")}); err != nil {
+	if err := mgr.Add(&keyReleaseServer{addr: addr, handler: handler, cert: source.GetCertificate, log: ctrl.Log.WithName("key-release")}); err != nil {
 		return fmt.Errorf("adding the key-release endpoint: %w", err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +28,7 @@ import (
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	"github.com/modelguard/modelguard/internal/builder"
+	"github.com/modelguard/modelguard/internal/certs"
 	"github.com/modelguard/modelguard/internal/keyrelease"
 	"github.com/modelguard/modelguard/internal/keys"
 )
@@ -73,6 +75,145 @@ func TestKeyReleaseEndpoint(t *testing.T) {
 	got = endpoint()
 	if !got.Ready() || got.CABundle != string(r.CABundle()) || !strings.Contains(got.CABundle, "BEGIN CERTIFICATE") {
 		t.Errorf("endpoint after the first certificate = %+v, want the rotator's CA bundle", got)
+	}
+}
+
+// TestCertSourceFlag checks --cert-source: its values, its default, the
+// message for a wrong one, and which source the manager builds from it.
+// Both sources are tested against the real API server in internal/certs.
+func TestCertSourceFlag(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		// want is the parsed value; wantType the source newCertSource builds.
+		want     certSource
+		wantType string
+		wantErr  []string
+	}{{
+		name:     "default: the manager issues its own",
+		wantType: "*certs.Rotator",
+	}, {
+		name:     "self-signed",
+		args:     []string{"--cert-source=self-signed"},
+		want:     certSourceSelfSigned,
+		wantType: "*certs.Rotator",
+	}, {
+		name:     "cert-manager: the manager follows the Secret it writes",
+		args:     []string{"--cert-source=cert-manager", "--serving-cert-secret=mg-serving-cert"},
+		want:     certSourceCertManager,
+		wantType: "*certs.External",
+	}, {
+		name:    "a typo names the flag and the choices",
+		args:    []string{"--cert-source=certmanager"},
+		wantErr: []string{"-cert-source", `"certmanager" is not a certificate source`, "self-signed", "cert-manager"},
+	}, {
+		name:    "empty names the flag and the choices",
+		args:    []string{"--cert-source="},
+		wantErr: []string{"-cert-source", "self-signed or cert-manager"},
+	}, {
+		name:    "with cert-manager the Secret name is still checked",
+		args:    []string{"--cert-source=cert-manager", "--serving-cert-secret=Serving_Cert"},
+		wantErr: []string{"--serving-cert-secret"},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(podNamespaceEnv, testNamespace)
+			fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			o, err := parseOptions(fs, tc.args)
+			if len(tc.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("parsed %v, want an error", tc.args)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not hold %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, o.keyRelease.certSource); diff != "" {
+				t.Errorf("certSource (-want +got):\n%s", diff)
+			}
+			src, err := o.keyRelease.newCertSource(fake.NewClientBuilder().WithScheme(testScheme(t)).Build(), testNamespace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprintf("%T", src); got != tc.wantType {
+				t.Errorf("newCertSource built a %s, want a %s", got, tc.wantType)
+			}
+			if src.NeedLeaderElection() {
+				t.Error("the certificate source waits for leader election, but every replica serves")
+			}
+		})
+	}
+
+	// A struct that did not come from the flag is checked too.
+	o := keyReleaseOptions{bindAddress: "0", service: "s", servingCertSecret: "s", caConfigMap: "c", certSource: "vault"}
+	if err := o.validate(testNamespace); err == nil || !strings.Contains(err.Error(), "--cert-source") {
+		t.Errorf("validate with certSource %q = %v, want an error naming --cert-source", o.certSource, err)
+	}
+
+	// --help says what the default is, since a flag.Value's zero value
+	// hides it.
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	var help strings.Builder
+	fs.SetOutput(&help)
+	(&keyReleaseOptions{}).bindFlags(fs)
+	fs.PrintDefaults()
+	if !strings.Contains(help.String(), "-cert-source") || !strings.Contains(help.String(), "self-signed (the manager, the default)") {
+		t.Errorf("--help does not describe --cert-source and its default:\n%s", help.String())
+	}
+}
+
+// TestCertManagerEndpoint: with cert-manager, the models' pods trust the
+// Secret's ca.crt once it is loaded, and nothing before.
+func TestCertManagerEndpoint(t *testing.T) {
+	o := keyReleaseOptions{service: "mg-key-release", servingCertSecret: "mg-serving-cert", caConfigMap: "mg-ca", certSource: certSourceCertManager}
+	// A Secret as cert-manager writes it, made here by the self-signed
+	// rotator, whose Secret has the same keys.
+	issuer := fake.NewClientBuilder().WithScheme(testScheme(t)).Build()
+	r, err := (&keyReleaseOptions{service: o.service, servingCertSecret: o.servingCertSecret, caConfigMap: "unused"}).newRotator(issuer, "mg-ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	issued := &corev1.Secret{}
+	if err := issuer.Get(context.Background(), types.NamespacedName{Namespace: "mg-ops", Name: o.servingCertSecret}, issued); err != nil {
+		t.Fatal(err)
+	}
+	written := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "mg-ops", Name: o.servingCertSecret}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": issued.Data["tls.crt"], "tls.key": issued.Data["tls.key"], "ca.crt": issued.Data["ca.crt"]}}
+
+	c := fake.NewClientBuilder().WithScheme(testScheme(t)).Build()
+	src, err := o.newCertSource(c, "mg-ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoint := o.endpoint("mg-ops", src)
+	ext := src.(interface {
+		Load(context.Context) (certs.Loaded, error)
+	})
+	if _, err := ext.Load(context.Background()); err == nil || !strings.Contains(err.Error(), "mg-ops/mg-serving-cert") {
+		t.Errorf("Load before cert-manager wrote the Secret = %v, want an error naming it", err)
+	}
+	if endpoint().Ready() {
+		t.Error("the endpoint is ready before cert-manager wrote the Secret")
+	}
+	if err := c.Create(context.Background(), written); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ext.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := builder.KeyRelease{URL: "https://mg-key-release.mg-ops.svc", Namespace: "mg-ops", CABundle: string(written.Data["ca.crt"])}
+	if diff := cmp.Diff(want, endpoint()); diff != "" {
+		t.Errorf("endpoint once the Secret is loaded (-want +got):\n%s", diff)
 	}
 }
 

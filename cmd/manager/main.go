@@ -194,15 +194,16 @@ func clientOptions() client.Options {
 // key-release endpoint with its serving certificate, the metrics collector,
 // the probes, and the leader-lease owner.
 func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
-	// The rotator reads and writes its Secret through a client of its own,
-	// straight to the API server: the manager caches no Secret.
-	var rotator *certs.Rotator
+	// The certificate source reads (and the rotator writes) its Secret
+	// through a client of its own, straight to the API server: the manager
+	// caches no Secret.
+	var certSource certs.Source
 	if o.keyRelease.enabled() {
 		direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
 		if err != nil {
 			return fmt.Errorf("creating the serving-certificate client: %w", err)
 		}
-		if rotator, err = o.keyRelease.newRotator(direct, o.operatorNamespace); err != nil {
+		if certSource, err = o.keyRelease.newCertSource(direct, o.operatorNamespace); err != nil {
 			return err
 		}
 	}
@@ -210,12 +211,12 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 		UnsealImage:           o.unsealImage,
 		DefaultGPUTolerations: o.gpuTolerations,
 		OperatorNamespace:     o.operatorNamespace,
-		KeyRelease:            o.keyRelease.endpoint(o.operatorNamespace, rotator),
+		KeyRelease:            o.keyRelease.endpoint(o.operatorNamespace, certSource),
 	}
 	if err := controllers.SetupWithManager(mgr, controllerOpts); err != nil {
 		return fmt.Errorf("setting up controllers: %w", err)
 	}
-	if rotator != nil {
+	if certSource != nil {
 		handler, err := newKeyReleaseHandler(keyReleaseDeps{
 			reader:       mgr.GetAPIReader(),
 			tokenReviews: mgr.GetClient(),
@@ -228,7 +229,7 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 		if err != nil {
 			return err
 		}
-		if err := addKeyRelease(mgr, rotator, o.keyRelease.bindAddress, handler); err != nil {
+		if err := addKeyRelease(mgr, certSource, o.keyRelease.bindAddress, handler); err != nil {
 			return err
 		}
 	}
