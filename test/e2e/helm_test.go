@@ -88,7 +88,7 @@ func TestHelmInstalledOperator(t *testing.T) {
 	})
 }
 
-func helmBinary(t *testing.T) string {
+func helmBinary(t testing.TB) string {
 	t.Helper()
 	helm := os.Getenv("HELM")
 	if helm == "" {
@@ -100,7 +100,7 @@ func helmBinary(t *testing.T) string {
 	return helm
 }
 
-func runHelm(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+func runHelm(t testing.TB, timeout time.Duration, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -117,7 +117,7 @@ func runHelm(t *testing.T, timeout time.Duration, args ...string) (string, error
 // installOperator installs charts/modelguard into a fresh namespace that
 // enforces Pod Security "restricted" (so the manager pod must pass it), with
 // the image the cluster imported, and waits for the manager to be Ready.
-func installOperator(t *testing.T) *operatorRelease {
+func installOperator(t testing.TB) *operatorRelease {
 	t.Helper()
 	op := &operatorRelease{name: "modelguard", namespace: newNamespace(t, "e2e-operator")}
 	repo, tag, ok := strings.Cut(images.ModelGuardRef, ":")
@@ -171,7 +171,7 @@ func installOperator(t *testing.T) *operatorRelease {
 }
 
 // dumpLogs logs the manager's output for diagnosis.
-func (op *operatorRelease) dumpLogs(t *testing.T) {
+func (op *operatorRelease) dumpLogs(t testing.TB) {
 	out, _ := exec.Command(kubectl, "logs", "-n", op.namespace, "deployment/"+op.name+"-controller-manager", "--tail=200").CombinedOutput()
 	t.Logf("manager logs:\n%s", out)
 }

@@ -60,7 +60,7 @@ type testModelKey struct {
 // newTestModelKey creates the KEK Secret in the operator's namespace and a
 // ModelKey naming it, and waits for the ModelKey's self-test to make it
 // Ready.
-func newTestModelKey(t *testing.T, op *operatorRelease, kek []byte) *testModelKey {
+func newTestModelKey(t testing.TB, op *operatorRelease, kek []byte) *testModelKey {
 	t.Helper()
 	ctx := context.Background()
 	suffix := randomSuffix()
@@ -117,7 +117,7 @@ func newTestModelKey(t *testing.T, op *operatorRelease, kek []byte) *testModelKe
 }
 
 // remove deletes the ModelKey and its KEK Secret, once.
-func (k *testModelKey) remove(t *testing.T) {
+func (k *testModelKey) remove(t testing.TB) {
 	t.Helper()
 	if k.removed {
 		return
@@ -156,7 +156,7 @@ func describeModelKey(name string) string {
 // unwrapBundleDEK returns the bundle's data key, unwrapped in-process with
 // the KEK it was sealed with, after checking that it authenticates the
 // manifest: the tenant scans look for exactly these bytes.
-func unwrapBundleDEK(t *testing.T, bundle string, kek []byte) []byte {
+func unwrapBundleDEK(t testing.TB, bundle string, kek []byte) []byte {
 	t.Helper()
 	ctx := context.Background()
 	m, err := seal.ReadManifest(ctx, bundle, nil)

@@ -86,14 +86,14 @@ func randomSuffix() string {
 
 // newNamespace creates a namespace that enforces Pod Security "restricted",
 // so the API server admits only pods that pass it, and deletes it afterwards.
-func newNamespace(t *testing.T, prefix string) string {
+func newNamespace(t testing.TB, prefix string) string {
 	t.Helper()
 	return newLabelledNamespace(t, prefix, nil)
 }
 
 // newLabelledNamespace is newNamespace with extra labels, e.g. the one a
 // ModelKey's namespaceSelector selects.
-func newLabelledNamespace(t *testing.T, prefix string, labels map[string]string) string {
+func newLabelledNamespace(t testing.TB, prefix string, labels map[string]string) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: prefix + "-" + randomSuffix(),
@@ -132,7 +132,7 @@ func newLabelledNamespace(t *testing.T, prefix string, labels map[string]string)
 }
 
 // dumpNamespace logs what a failed test left, for diagnosis.
-func dumpNamespace(t *testing.T, ns string) {
+func dumpNamespace(t testing.TB, ns string) {
 	out, _ := exec.Command(kubectl, "get", "pods,services,networkpolicies,events", "-n", ns, "-o", "wide").CombinedOutput()
 	t.Logf("namespace %s at failure:\n%s", ns, out)
 }
@@ -179,7 +179,7 @@ func createPod(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 
 // waitForPod polls a pod until done says so, failing the test with the pod's
 // state when timeout passes.
-func waitForPod(t *testing.T, ns, name string, timeout time.Duration, what string, done func(*corev1.Pod) bool) *corev1.Pod {
+func waitForPod(t testing.TB, ns, name string, timeout time.Duration, what string, done func(*corev1.Pod) bool) *corev1.Pod {
 	t.Helper()
 	var last *corev1.Pod
 	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {

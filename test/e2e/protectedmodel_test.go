@@ -67,7 +67,7 @@ var (
 	crErr    error
 )
 
-func restConfig(t *testing.T) *rest.Config {
+func restConfig(t testing.TB) *rest.Config {
 	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", os.Getenv("KUBECONFIG"))
 	if err != nil {
@@ -77,7 +77,7 @@ func restConfig(t *testing.T) *rest.Config {
 }
 
 // modelClient is a client that knows the ModelGuard types.
-func modelClient(t *testing.T) crclient.Client {
+func modelClient(t testing.TB) crclient.Client {
 	t.Helper()
 	crOnce.Do(func() {
 		scheme := runtime.NewScheme()
@@ -159,7 +159,7 @@ type modelEnv struct {
 // newModelEnv builds the modelguard CLI, generates a model, seals it with a
 // random KEK, and makes that KEK a ModelKey of the operator op: its Secret in
 // the operator's namespace, never a model's.
-func newModelEnv(t *testing.T, op *operatorRelease) *modelEnv {
+func newModelEnv(t testing.TB, op *operatorRelease) *modelEnv {
 	t.Helper()
 	kubeconfig := os.Getenv("KUBECONFIG")
 	e := &modelEnv{workDir: filepath.Dir(kubeconfig)}
@@ -251,14 +251,14 @@ func newModelEnv(t *testing.T, op *operatorRelease) *modelEnv {
 }
 
 // newNamespace creates a namespace that the env's ModelKey selects.
-func (e *modelEnv) newNamespace(t *testing.T, prefix string) string {
+func (e *modelEnv) newNamespace(t testing.TB, prefix string) string {
 	t.Helper()
 	return newLabelledNamespace(t, prefix, e.key.selects)
 }
 
 // makeReadable lets the pods' non-root user (UID 65532) read the bundle
 // through the hostPath PersistentVolume.
-func makeReadable(t *testing.T, root string) {
+func makeReadable(t testing.TB, root string) {
 	t.Helper()
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -278,7 +278,7 @@ func makeReadable(t *testing.T, root string) {
 // copyBundle copies the good bundle to a new directory of the scratch dir
 // and returns the claim root (the PersistentVolume's path) and the bundle's
 // directory inside it.
-func (e *modelEnv) copyBundle(t *testing.T, name string) (root, bundle string) {
+func (e *modelEnv) copyBundle(t testing.TB, name string) (root, bundle string) {
 	t.Helper()
 	root = filepath.Join(e.scratch, name)
 	bundle = filepath.Join(root, "models", "v1")
@@ -307,7 +307,7 @@ func (e *modelEnv) copyBundle(t *testing.T, name string) (root, bundle string) {
 // provideBundle creates a static hostPath PersistentVolume over root and a
 // claim bound to it by name in ns. No key goes into ns: the models name the
 // env's ModelKey.
-func (e *modelEnv) provideBundle(t *testing.T, ns, root string) (claim string) {
+func (e *modelEnv) provideBundle(t testing.TB, ns, root string) (claim string) {
 	t.Helper()
 	ctx := context.Background()
 	claim = "sealed-models"
@@ -372,7 +372,7 @@ func (e *modelEnv) protectedModel(ns, name, claim string) *mlv1alpha1.ProtectedM
 	}
 }
 
-func createModel(t *testing.T, pm *mlv1alpha1.ProtectedModel) {
+func createModel(t testing.TB, pm *mlv1alpha1.ProtectedModel) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -427,7 +427,7 @@ func describeModel(ns, name string) string {
 }
 
 // modelPods lists the model's server pods.
-func modelPods(t *testing.T, ns, name string) []corev1.Pod {
+func modelPods(t testing.TB, ns, name string) []corev1.Pod {
 	t.Helper()
 	pods, err := client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{
 		LabelSelector: mlv1alpha1.LabelModel + "=" + name + ",modelguard.dev/component=server",
