@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -70,6 +71,11 @@ type ProtectedModelVerifier struct {
 	// error denies with ReasonModelKeyNotFound.
 	ModelKeyFor func(*mlv1alpha1.ProtectedModel) (string, error)
 
+	// ReportWait bounds how long a request waits for the kubelet to report
+	// the asking unseal container as running; zero means 10 s. See
+	// awaitUnsealRunning.
+	ReportWait time.Duration
+
 	// released records the unseal runs that received a key. It is in
 	// memory, per manager replica; see docs/security.md.
 	released releaseLedger
@@ -113,7 +119,10 @@ func (v *ProtectedModelVerifier) Verify(ctx context.Context, claim Claim) (Decis
 	if drift := policy.PodSpecDrift(want, &pod.Spec); len(drift) > 0 {
 		return deny(d, mlv1alpha1.ReasonPodSpecMismatch, fmt.Sprintf("%s: pod spec differs from the generated template: %s", about, strings.Join(drift, "; "))), nil
 	}
-	run, msg := unsealRun(pod)
+	run, msg, err := v.awaitUnsealRunning(ctx, pod)
+	if err != nil {
+		return d, err
+	}
 	if msg != "" {
 		return deny(d, mlv1alpha1.ReasonUnsealNotRunning, about+": "+msg), nil
 	}
@@ -274,15 +283,60 @@ func (v *ProtectedModelVerifier) generatedPodSpec(pm *mlv1alpha1.ProtectedModel)
 	return spec, nil
 }
 
+// awaitUnsealRunning returns the run of the pod's unseal container, waiting
+// for the kubelet to report it running. The container asks for its key as
+// soon as it starts, usually before the kubelet has written that to the
+// pod's status (a restarted one still shows its last termination), so a
+// report that only lags is waited out, for at most ReportWait, instead of
+// refused. A pod whose server has started is refused at once: its unseal
+// container is done.
+func (v *ProtectedModelVerifier) awaitUnsealRunning(ctx context.Context, pod *corev1.Pod) (run, problem string, err error) {
+	wait := v.ReportWait
+	if wait == 0 {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		run, problem = unsealRun(pod)
+		if problem == "" || serverStarted(pod) || !time.Now().Before(deadline) {
+			return run, problem, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", "", ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		fresh := &corev1.Pod{}
+		if err := v.Reader.Get(ctx, client.ObjectKeyFromObject(pod), fresh); err != nil {
+			if apierrors.IsNotFound(err) {
+				return "", "the pod was deleted while it asked for its key", nil
+			}
+			return "", "", fmt.Errorf("reading pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		if fresh.UID != pod.UID {
+			return "", "the pod was replaced while it asked for its key", nil
+		}
+		pod = fresh
+	}
+}
+
+// serverStarted reports whether the pod's server container has started.
+func serverStarted(pod *corev1.Pod) bool {
+	for _, s := range pod.Status.ContainerStatuses {
+		if s.Name == mlv1alpha1.ContainerServer && (s.State.Running != nil || s.State.Terminated != nil || ptrTrue(s.Started)) {
+			return true
+		}
+	}
+	return false
+}
+
 // unsealRun identifies the running unseal container's run (its container
 // ID, or its restart count before the kubelet reports an ID), or says why
 // the pod is not at that point: the key is released only while the unseal
 // container runs and the server has not started.
 func unsealRun(pod *corev1.Pod) (run, problem string) {
-	for _, s := range pod.Status.ContainerStatuses {
-		if s.Name == mlv1alpha1.ContainerServer && (s.State.Running != nil || s.State.Terminated != nil || ptrTrue(s.Started)) {
-			return "", fmt.Sprintf("the %s container has already started", s.Name)
-		}
+	if serverStarted(pod) {
+		return "", fmt.Sprintf("the %s container has already started", mlv1alpha1.ContainerServer)
 	}
 	for _, s := range pod.Status.InitContainerStatuses {
 		if s.Name != mlv1alpha1.ContainerUnseal {

@@ -582,3 +582,55 @@ func TestStalledModelGetsNoKey(t *testing.T) {
 	t.Logf("%s: %s", d.Reason, d.Message)
 	assertDecision(t, f, claim, d, false, mlv1alpha1.ReasonModelStalled, "the model is stalled: MemoryTooSmall")
 }
+
+// TestVerifierWaitsForTheKubeletsLateReport: the unseal container asks for
+// its key as soon as it starts, usually before the kubelet reports it
+// running. The verifier waits for the report instead of refusing
+// (UnsealNotRunning was the first e2e failure on the local cluster), and
+// still refuses when the report never comes.
+func TestVerifierWaitsForTheKubeletsLateReport(t *testing.T) {
+	f := newReleaseFixture(t)
+	ctx := context.Background()
+	f.verifier.ReportWait = 5 * time.Second
+	notYetReported := func(pod *corev1.Pod) {
+		t.Helper()
+		pod.Status = unsealRunningStatus(pod.Name, 0)
+		pod.Status.InitContainerStatuses[0].State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "PodInitializing"}}
+		pod.Status.InitContainerStatuses[0].ContainerID = ""
+		if err := k8s.Status().Update(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("the report arrives: released", func(t *testing.T) {
+		pod := f.startingPod(t, "late", f.rs, f.generatedSpec(nil))
+		notYetReported(pod)
+		claim := f.claim(pod, token(t, pod, keyrelease.Audience, false))
+		go func() {
+			time.Sleep(time.Second)
+			pod.Status = unsealRunningStatus(pod.Name, 0)
+			_ = k8s.Status().Update(ctx, pod)
+		}()
+		start := time.Now()
+		d, err := f.verifier.Verify(ctx, claim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertDecision(t, f, claim, d, true, mlv1alpha1.ReasonKeyReleased)
+		if waited := time.Since(start); waited < time.Second {
+			t.Errorf("decided after %s, before the kubelet's report", waited)
+		}
+	})
+
+	t.Run("the report never arrives: refused", func(t *testing.T) {
+		f.verifier.ReportWait = time.Second
+		pod := f.startingPod(t, "never", f.rs, f.generatedSpec(nil))
+		notYetReported(pod)
+		claim := f.claim(pod, token(t, pod, keyrelease.Audience, false))
+		d, err := f.verifier.Verify(ctx, claim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		assertDecision(t, f, claim, d, false, mlv1alpha1.ReasonUnsealNotRunning, "the unseal init container is not running")
+	})
+}
