@@ -279,8 +279,8 @@ func testRoguePod(t *testing.T, e *modelEnv, ns string, pm *mlv1alpha1.Protected
 			return err
 		}
 		status := initStatus(before, mlv1alpha1.ContainerUnseal)
-		if !backingOff(status) {
-			return fmt.Errorf("the rogue's unseal container is not backing off after a failure: %s", describeStatus(before))
+		if !stoppedAfterFailure(status) {
+			return fmt.Errorf("the rogue's unseal container is not stopped after a failure: %s", describeStatus(before))
 		}
 		volume := filepath.Join(e.workDir, "run", "kubelet", "pods", string(before.UID), "volumes", "kubernetes.io~empty-dir", "model")
 		entries, err := os.ReadDir(volume)
@@ -291,7 +291,7 @@ func testRoguePod(t *testing.T, e *modelEnv, ns string, pm *mlv1alpha1.Protected
 		if err != nil {
 			return err
 		}
-		if now := initStatus(after, mlv1alpha1.ContainerUnseal); !backingOff(now) || now.RestartCount != status.RestartCount {
+		if now := initStatus(after, mlv1alpha1.ContainerUnseal); !stoppedAfterFailure(now) || now.RestartCount != status.RestartCount {
 			return fmt.Errorf("the rogue's unseal container restarted while its volume was read")
 		}
 		left = dirNames(entries)
@@ -982,4 +982,12 @@ func assertNoKeyObjects(t *testing.T, ns, model string) {
 			t.Errorf("Secret %s/%s exists: no data key is stored in the cluster", ns, s.Name)
 		}
 	}
+}
+
+// stoppedAfterFailure reports whether a container is not running and its
+// latest run failed, whether or not the kubelet has restarted it yet: its
+// volumes then hold whatever that run left.
+func stoppedAfterFailure(s *corev1.ContainerStatus) bool {
+	last := lastTermination(s)
+	return s != nil && s.State.Running == nil && last != nil && last.ExitCode != 0
 }
