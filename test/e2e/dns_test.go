@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -11,10 +12,14 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/builder"
 )
 
 // A pod resolves a Service by its short name (the namespace search path) and
@@ -147,4 +152,40 @@ func TestIndexedJobPodsResolveEachOther(t *testing.T) {
 func execLogs(ns, pod string) (string, error) {
 	out, err := runKubectl("logs", "-n", ns, pod)
 	return out, err
+}
+
+// An isolated pod resolves names through the DNS egress rule every protected
+// workload's NetworkPolicy carries (the builder's rule, port 53 to kube-dns),
+// and nothing else gets out. Policies match the destination pod's own port
+// after the Service is translated, so this holds only while CoreDNS listens
+// on 53 in its pod, as in a real cluster: with CoreDNS on another port,
+// every protected pod failed to resolve the key-release Service.
+func TestIsolatedPodResolvesThroughItsDNSRule(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t, "e2e-dns-isolated")
+	ctx := context.Background()
+	w := builder.Workload{Kind: "ProtectedModel", Name: "dns", Namespace: ns, UID: "00000000-0000-0000-0000-0000000000d5", NameLabel: mlv1alpha1.LabelModel}
+	desired := builder.NetworkPolicy(w, builder.Isolation{})
+	raw, err := json.Marshal(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := &networkingv1.NetworkPolicy{}
+	if err := json.Unmarshal(raw, policy); err != nil {
+		t.Fatal(err)
+	}
+	policy.OwnerReferences = nil // no such owner here; the policy is the subject
+	if _, err := client.NetworkingV1().NetworkPolicies(ns).Create(ctx, policy, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the workload's NetworkPolicy: %v", err)
+	}
+	createPod(t, restrictedPod(ns, "isolated", w.PodSelector(), restrictedContainer("client", "idle")))
+	waitForRunning(t, ns, "isolated")
+	name := "kubernetes.default.svc.cluster.local"
+	out, err := execIn(ns, "isolated", "client", "/demo-server", "lookup", "--wait", "20s", name)
+	if err != nil {
+		t.Fatalf("an isolated pod could not resolve %s through its DNS rule: %v", name, err)
+	}
+	if !strings.HasPrefix(strings.TrimSpace(out), name+" ") {
+		t.Errorf("lookup %s = %q", name, out)
+	}
 }

@@ -29,10 +29,13 @@ const (
 	// kubelet's clusterDNS names.
 	DefaultClusterDNS = "10.96.0.10"
 	ClusterDomain     = "cluster.local"
-	// CoreDNSPort is where CoreDNS listens inside its pod: unprivileged, so
-	// that it runs as a non-root user with no capabilities; the Service maps
-	// port 53 to it.
-	CoreDNSPort = 1053
+	// CoreDNSPort is where CoreDNS listens inside its pod: 53, as in a real
+	// cluster. NetworkPolicies match a pod's own port after the Service is
+	// translated, so the DNS egress rule every protected workload carries
+	// (port 53 to kube-dns) must meet CoreDNS on 53; it still runs as a
+	// non-root user with no capabilities, through the namespaced sysctl
+	// net.ipv4.ip_unprivileged_port_start.
+	CoreDNSPort = 53
 
 	// ProvisionerName is the provisioner of the StorageClasses below.
 	ProvisionerName = "modelguard.dev/local-volume"
@@ -125,7 +128,12 @@ func (c Config) coreDNSObjects() (*corev1.ServiceAccount, *rbacv1.ClusterRole, *
 				Spec: corev1.PodSpec{
 					ServiceAccountName: name,
 					// CoreDNS itself must not resolve through itself.
-					DNSPolicy:                     corev1.DNSDefault,
+					DNSPolicy: corev1.DNSDefault,
+					// A safe, namespaced sysctl (allowed by Pod Security
+					// restricted): port 53 needs no capability in this pod.
+					SecurityContext: &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{
+						{Name: "net.ipv4.ip_unprivileged_port_start", Value: "53"},
+					}},
 					PriorityClassName:             "system-cluster-critical",
 					TerminationGracePeriodSeconds: ptr.To[int64](1),
 					Containers:                    []corev1.Container{dns},

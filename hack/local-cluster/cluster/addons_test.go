@@ -35,7 +35,7 @@ func TestKubeletUsesClusterDNS(t *testing.T) {
 
 func TestCorefileHasNoUpstream(t *testing.T) {
 	corefile := coreDNSCorefile()
-	for _, want := range []string{"kubernetes cluster.local in-addr.arpa ip6.arpa", "ready :8181", ".:1053"} {
+	for _, want := range []string{"kubernetes cluster.local in-addr.arpa ip6.arpa", "ready :8181", ".:53"} {
 		if !strings.Contains(corefile, want) {
 			t.Errorf("Corefile lacks %q:\n%s", want, corefile)
 		}
