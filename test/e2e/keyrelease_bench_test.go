@@ -81,7 +81,7 @@ func BenchmarkKeyReleaseOnCluster(b *testing.B) {
 	env := newModelEnv(b, op)
 	kr := newHeldUnseal(b, env)
 
-	b.Logf("load average before the first request: %s", loadAverage())
+	kr.note(b, "load average before the first request: %s", loadAverage())
 	// The one real release: the full chain, KEK unwrap and HPKE seal.
 	tokens := kr.mintTokens(b, 1)
 	began := time.Now()
@@ -94,7 +94,7 @@ func BenchmarkKeyReleaseOnCluster(b *testing.B) {
 		b.Fatalf("the released data key is not the bundle's")
 	}
 	clear(dek)
-	b.Logf("first request, a real release of the bundle's data key to pod %s/%s: %.1f ms (one sample, cold)", kr.ns, kr.pod.Name, ms(took))
+	kr.note(b, "first request, a real release of the bundle's data key to pod %s/%s: %.1f ms (one sample, cold)", kr.ns, kr.pod.Name, ms(took))
 
 	b.Run("Sequential", func(b *testing.B) {
 		kr.run(b, 1)
@@ -118,6 +118,17 @@ type heldUnseal struct {
 	// tokens mints tokens (its own rate limits, so that minting 200 takes
 	// seconds, not the shared client's 5 per second).
 	tokens kubernetes.Interface
+	// notes are what the setup found, for the first sub-benchmark's
+	// output: without -v the parent benchmark's log is not printed.
+	notes []string
+}
+
+// note logs what the setup found and keeps it for the first sub-benchmark
+// to print.
+func (kr *heldUnseal) note(b *testing.B, format string, args ...any) {
+	b.Helper()
+	b.Logf(format, args...)
+	kr.notes = append(kr.notes, fmt.Sprintf(format, args...))
 }
 
 // newHeldUnseal creates a model whose bundle's manifest.json is a named pipe
@@ -176,7 +187,7 @@ func newHeldUnseal(b *testing.B, env *modelEnv) *heldUnseal {
 		b.Fatalf("pod %s: the unseal container is not held on its manifest: %s", podName, describeStatus(pod))
 	}
 	kr.pod, kr.unsealID = pod, s.ContainerID
-	b.Logf("pod %s/%s: unseal container running, blocked on its manifest, %.1fs after the model's creation", kr.ns, podName, time.Since(began).Seconds())
+	kr.note(b, "pod %s/%s: unseal container running, blocked on its manifest, %.1fs after the model's creation", kr.ns, podName, time.Since(began).Seconds())
 
 	// What the pod's unseal container would send and trust.
 	unseal := pod.Spec.InitContainers[slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool {
@@ -206,7 +217,7 @@ func newHeldUnseal(b *testing.B, env *modelEnv) *heldUnseal {
 		b.Fatalf("Service %s/%s: ClusterIP %q, ports %v; want a private IPv4 ClusterIP on 443", svcNamespace, svcName, svc.Spec.ClusterIP, svc.Spec.Ports)
 	}
 	pinHost(b, u.Hostname(), ip)
-	b.Logf("requests go to %s, that is the ClusterIP %s:443 of Service %s/%s", endpoint, ip, svcNamespace, svcName)
+	kr.note(b, "requests go to %s, that is the ClusterIP %s:443 of Service %s/%s", endpoint, ip, svcNamespace, svcName)
 
 	kr.client, err = keyrelease.NewClient(keyrelease.ClientOptions{
 		URL:     endpoint,
@@ -292,6 +303,10 @@ func (kr *heldUnseal) fullChain(token keyrelease.Token) (time.Duration, error) {
 // run makes benchRequests requests per iteration, concurrency at a time,
 // and reports their latency.
 func (kr *heldUnseal) run(b *testing.B, concurrency int) {
+	for _, n := range kr.notes {
+		b.Log("setup: " + n)
+	}
+	kr.notes = nil
 	var latencies []time.Duration
 	var wall time.Duration
 	for b.Loop() {
