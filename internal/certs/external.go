@@ -39,9 +39,9 @@ type ExternalOptions struct {
 	// that is not valid for each of them under ca.crt is not loaded.
 	DNSNames []string
 	// CheckInterval is how often Start reads the Secret again; zero means
-	// one minute. cert-manager renews well before expiry (a third of the
-	// lifetime by default), so a renewed certificate is served within a
-	// minute, without a restart.
+	// 30 seconds, one small uncached GET per replica. A certificate that
+	// cert-manager renews (well before expiry) is served within that time,
+	// without a restart.
 	CheckInterval time.Duration
 	// FieldOwner is the server-side apply field manager of the ConfigMap;
 	// zero means "modelguard".
@@ -112,7 +112,7 @@ func NewExternal(c client.Client, opts ExternalOptions) (*External, error) {
 		return nil, errors.New("certs: at least one DNS name is required")
 	}
 	if opts.CheckInterval == 0 {
-		opts.CheckInterval = time.Minute
+		opts.CheckInterval = 30 * time.Second
 	}
 	if opts.FieldOwner == "" {
 		opts.FieldOwner = "modelguard"
