@@ -49,6 +49,33 @@ and its namespace Role names the Secret and the ConfigMap.
 {{ include "modelguard.fullname" . }}-ca
 {{- end -}}
 
+{{/*
+With certManager.enabled, cert-manager issues the serving certificate: a
+self-signed Issuer signs a CA Certificate, whose Secret backs a CA Issuer,
+which signs the serving Certificate into the serving-cert Secret. The
+Certificate is named like its Secret.
+*/}}
+{{- define "modelguard.selfSignedIssuerName" -}}
+{{ include "modelguard.fullname" . }}-selfsigned
+{{- end -}}
+
+{{- define "modelguard.rootCAName" -}}
+{{ include "modelguard.fullname" . }}-root-ca
+{{- end -}}
+
+{{- define "modelguard.caIssuerName" -}}
+{{ include "modelguard.fullname" . }}-ca-issuer
+{{- end -}}
+
+{{/*
+The names the serving certificate is issued for, as the manager derives
+them from --key-release-service and its namespace.
+*/}}
+{{- define "modelguard.keyReleaseDNSNames" -}}
+- {{ include "modelguard.keyReleaseServiceName" . }}.{{ .Release.Namespace }}.svc
+- {{ include "modelguard.keyReleaseServiceName" . }}.{{ .Release.Namespace }}.svc.cluster.local
+{{- end -}}
+
 {{- define "modelguard.image" -}}
 {{- $repo := .Values.image.repository -}}
 {{- if .Values.image.digest -}}
