@@ -23,6 +23,10 @@ IMG ?= modelguard:$(VERSION)
 # real prometheus-operator CRDs, taken from its Go module.
 PROMETHEUS_OPERATOR_VERSION := v0.85.0
 export MONITORING_CRDS := $(BIN)/crds/monitoring.coreos.com-$(PROMETHEUS_OPERATOR_VERSION)
+# The chart's cert-manager Issuers and Certificates (certManager.enabled) are
+# dry-run applied against the real cert-manager CRDs, taken from its Go module.
+CERT_MANAGER_VERSION := v1.21.2
+export CERT_MANAGER_CRDS := $(BIN)/crds/cert-manager.io-$(CERT_MANAGER_VERSION)
 GO_LDFLAGS := -X github.com/modelguard/modelguard/internal/version.Version=$(VERSION)
 
 ##@ General
@@ -80,7 +84,7 @@ vet: ## Run go vet.
 test: $(if $(CI),verify,fmt-check) vet test-unit test-e2e ## Run every check and test suite (what CI runs): unit, integration, and e2e on the local cluster.
 
 .PHONY: test-unit
-test-unit: generate manifests envtest-assets $(HELM) $(KUSTOMIZE) $(MONITORING_CRDS) ## Run unit and envtest integration tests against the real kube-apiserver.
+test-unit: generate manifests envtest-assets $(HELM) $(KUSTOMIZE) $(MONITORING_CRDS) $(CERT_MANAGER_CRDS) ## Run unit and envtest integration tests against the real kube-apiserver.
 	go test ./... -count=1
 	cd hack/tools/cluster && go test ./local-volume-provisioner/ -count=1
 
@@ -148,6 +152,13 @@ $(MONITORING_CRDS):
 	  dir=$$(cd "$$tmp" && go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
 	  rmdir "$$tmp"; test -n "$$dir"; \
 	  mkdir -p $@.tmp && cp "$$dir"/example/prometheus-operator-crd/monitoring.coreos.com_{servicemonitors,podmonitors}.yaml $@.tmp/ && \
+	  chmod u+w $@.tmp/* && mv $@.tmp $@
+
+$(CERT_MANAGER_CRDS):
+	tmp=$$(mktemp -d); \
+	  dir=$$(cd "$$tmp" && go mod download -json github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  rmdir "$$tmp"; test -n "$$dir"; \
+	  mkdir -p $@.tmp && cp "$$dir"/deploy/crds/cert-manager.io_{certificates,issuers}.yaml $@.tmp/ && \
 	  chmod u+w $@.tmp/* && mv $@.tmp $@
 
 .PHONY: tools
