@@ -63,9 +63,10 @@ argocd-cm: ## Regenerate the Argo CD argocd-cm patch from the health.lua checks 
 	hack/argocd-cm.sh > config/argocd/argocd-cm-patch.yaml
 
 .PHONY: helm-lint
-helm-lint: $(HELM) ## Lint the Helm chart with default values and with every option set.
+helm-lint: $(HELM) ## Lint the Helm chart with default values, every option set, and cert-manager certificates.
 	$(HELM) lint --strict charts/modelguard
 	$(HELM) lint --strict charts/modelguard -f charts/modelguard/ci/all-options-values.yaml
+	$(HELM) lint --strict charts/modelguard -f charts/modelguard/ci/cert-manager-values.yaml
 
 .PHONY: fmt-check
 fmt-check: ## Fail when a Go file is not gofmt'ed.

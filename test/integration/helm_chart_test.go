@@ -222,6 +222,8 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"RoleBinding modelguard-system/modelguard-manager-namespace-rolebinding",
 				"Service modelguard-system/modelguard-controller-manager-metrics-service",
 				"Service modelguard-system/modelguard-key-release",
+				"Secret modelguard-system/modelguard-serving-cert",
+				"ConfigMap modelguard-system/modelguard-ca",
 				"Deployment modelguard-system/modelguard-controller-manager",
 			),
 			wantArgs: []string{
@@ -256,6 +258,8 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"RoleBinding mg-all/modelguard-manager-namespace-rolebinding",
 				"Service mg-all/modelguard-controller-manager-metrics-service",
 				"Service mg-all/modelguard-key-release",
+				"Secret mg-all/modelguard-serving-cert",
+				"ConfigMap mg-all/modelguard-ca",
 				"Deployment mg-all/modelguard-controller-manager",
 				"ServiceMonitor mg-all/modelguard-controller-manager",
 				"PodMonitor mg-all/modelguard-models",
@@ -285,6 +289,8 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"Role mg-plain/ml-modelguard-manager-namespace-role",
 				"RoleBinding mg-plain/ml-modelguard-manager-namespace-rolebinding",
 				"Service mg-plain/ml-modelguard-key-release",
+				"Secret mg-plain/ml-modelguard-serving-cert",
+				"ConfigMap mg-plain/ml-modelguard-ca",
 				"Deployment mg-plain/ml-modelguard-controller-manager",
 			),
 			wantArgs: []string{
