@@ -17,9 +17,11 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 	children "github.com/modelguard/modelguard/internal/builder"
@@ -237,7 +239,20 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: name}}}
 	})
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.KeyRelease != nil {
+		watch := &keyReleaseWatch{endpoint: r.KeyRelease, events: make(chan event.GenericEvent), interval: keyReleaseCheckInterval,
+			models: func(ctx context.Context) ([]mlv1alpha1.ProtectedModel, error) {
+				models := &mlv1alpha1.ProtectedModelList{}
+				err := r.List(ctx, models)
+				return models.Items, err
+			}}
+		if err := mgr.Add(watch); err != nil {
+			return fmt.Errorf("watching the key-release endpoint: %w", err)
+		}
+		b = b.WatchesRawSource(source.Channel(watch.events, &handler.EnqueueRequestForObject{}))
+	}
+	return b.
 		For(&mlv1alpha1.ProtectedModel{}).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
