@@ -3,8 +3,10 @@
 //
 //	demo-server [serve] [--dir /models] [--addr :8080]
 //	    Serve GET / (a JSON report of the model directory: every file's size
-//	    and SHA-256, and whether the directory is tmpfs), GET /files/<path>
-//	    and GET /healthz.
+//	    and SHA-256, and whether the directory is tmpfs) and GET /healthz.
+//	    Like a real model server it answers about the weights, and never
+//	    with their bytes: an allowed client (or a pod given the allowed
+//	    clients' labels) gets digests, not the model.
 //	demo-server report [--dir /models]
 //	    Print the same JSON report, for `kubectl exec`.
 //	demo-server write FILE CONTENT
@@ -120,21 +122,7 @@ func serve(args []string) error {
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		report, err := buildReport(*dir)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(report)
-	})
-	mux.Handle("GET /files/", http.StripPrefix("/files/", http.FileServer(http.Dir(*dir))))
-	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: *addr, Handler: newMux(*dir), ReadHeaderTimeout: 5 * time.Second}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -149,6 +137,25 @@ func serve(args []string) error {
 		defer cancel()
 		return srv.Shutdown(shutdownCtx)
 	}
+}
+
+// newMux serves the report of dir and a health check, and nothing of the
+// weights themselves.
+func newMux(dir string) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		report, err := buildReport(dir)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(report)
+	})
+	return mux
 }
 
 func printReport(args []string) error {

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,6 +78,37 @@ func TestReportTellsTmpfsFromDisk(t *testing.T) {
 		want := fsTypeOf(t, dir) == "tmpfs"
 		if got.Tmpfs != want {
 			t.Errorf("report for %s says tmpfs=%v; the mount table says fs type %q", dir, got.Tmpfs, fsTypeOf(t, dir))
+		}
+	}
+}
+
+// TestServerAnswersWithDigestsNotWeights: an allowed client learns what the
+// model directory holds (names, sizes, digests) and never gets its bytes,
+// whatever path it asks for.
+func TestServerAnswersWithDigestsNotWeights(t *testing.T) {
+	dir := t.TempDir()
+	const secret = "the trade-secret weights, byte for byte"
+	if err := os.MkdirAll(dir+"/weights", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/weights/model.safetensors", []byte(secret), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(newMux(dir))
+	defer srv.Close()
+	for _, path := range []string{"/", "/healthz", "/files/weights/model.safetensors", "/weights/model.safetensors",
+		"/model.safetensors", "/files/", "/..%2fweights/model.safetensors", "/?download=weights/model.safetensors"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), secret) {
+			t.Errorf("GET %s returned the weights' bytes", path)
+		}
+		if path == "/" && !strings.Contains(string(body), sha(secret)) {
+			t.Errorf("GET / does not report the weights' digest: %s", body)
 		}
 	}
 }
