@@ -236,3 +236,15 @@ func ProtectionConditionTypes() []string {
 		ConditionOwnershipRecorded,
 	}
 }
+
+// Event reasons of the admission guard, on the protected workload.
+const (
+	// ReasonBreakGlass records a session (exec, attach, port-forward) into
+	// a protected pod that the admission guard allowed, to a member of the
+	// workload's spec.access.breakGlassGroups or a cluster administrator;
+	// the note names the user, groups, container and command.
+	ReasonBreakGlass = "BreakGlass"
+	// ReasonAccessDenied records a request the admission guard denied; the
+	// note names the user and carries the deny message.
+	ReasonAccessDenied = "AccessDenied"
+)

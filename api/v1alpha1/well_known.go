@@ -139,3 +139,12 @@ func OwnershipAnnotationKeys() []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// Admission guard wire names, shared by internal/webhook, the chart and
+// kustomize. Its namespace scope is LabelProtectedNamespace.
+const (
+	// AdmissionWebhookName is the guard's webhook name in the
+	// ValidatingWebhookConfiguration (a qualified name, as the API server
+	// requires).
+	AdmissionWebhookName = "guard.modelguard.dev"
+)
