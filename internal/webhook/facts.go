@@ -36,13 +36,32 @@ func (h *handler) get(ctx context.Context, key types.NamespacedName, obj client.
 
 // protectedServiceAccount reports whether ServiceAccount ns/name is a
 // protected workload's, and whose. Pods without a ServiceAccount name run as
-// "default", which ModelGuard never uses.
+// "default".
 func (h *handler) protectedServiceAccount(ctx context.Context, ns, name string) (policy.Workload, bool, error) {
 	if name == "" {
 		return policy.Workload{}, false, nil
 	}
 	sa := &corev1.ServiceAccount{}
-	found, err := h.get(ctx, types.NamespacedName{Namespace: ns, Name: name}, sa)
+	key := types.NamespacedName{Namespace: ns, Name: name}
+	var found bool
+	var err error
+	if name == "default" {
+		// Nearly every tenant pod runs as default, and a model is
+		// seldom called so: the cache alone answers, rather than a
+		// round trip to the API server per pod. It holds a model's
+		// account from moments after the operator applies it, before
+		// the model's Deployment.
+		switch err = h.reader.Get(ctx, key, sa); {
+		case err == nil:
+			found = true
+		case apierrors.IsNotFound(err):
+			err = nil
+		default:
+			err = fmt.Errorf("reading ServiceAccount %s: %w", key, err)
+		}
+	} else {
+		found, err = h.get(ctx, key, sa)
+	}
 	if err != nil || !found || sa.Labels[mlv1alpha1.LabelProtected] != "true" {
 		return policy.Workload{}, false, err
 	}

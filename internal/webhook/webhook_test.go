@@ -510,3 +510,28 @@ func TestRules(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultServiceAccount: pods that run as "default" are judged from the
+// cache alone, and a model that is called "default" is protected all the
+// same.
+func TestDefaultServiceAccount(t *testing.T) {
+	s := scheme()
+	cache := fake.NewClientBuilder().WithScheme(s).Build()
+	// Were the API server consulted, the guard would fail closed.
+	f := newFixtureWith(t, cache, failingReader{})
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "job-1"}, Spec: podSpec("default")}
+	if resp := f.admit(t, withObjects(t, request(admissionv1.Create, podsGVR, "Pod", "", "job-1", alice), pod, nil)); !resp.Allowed {
+		t.Errorf("a pod running as default: %s", resp.Result.Message)
+	}
+
+	labels := managedLabels()
+	labels[mlv1alpha1.LabelModel] = "default"
+	cache = fake.NewClientBuilder().WithScheme(s).WithObjects(
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "default", Labels: labels}}).Build()
+	f = newFixtureWith(t, cache, failingReader{})
+	resp := f.admit(t, request(admissionv1.Create, saGVR, "TokenRequest", "token", "default", alice))
+	want := "creating a token for ServiceAccount nlp/default is denied: it is the identity of the pods of ProtectedModel nlp/default, and with its token a program could ask for their key; only the kubelets that run those pods get its tokens"
+	if resp.Allowed || resp.Result.Message != want {
+		t.Errorf("a token for the account of a model called default: allowed %v, %+v; want %q", resp.Allowed, resp.Result, want)
+	}
+}
