@@ -48,7 +48,7 @@ type protected struct {
 // newProtected sets up namespace ns as the operator would for model
 // sentiment (break-glass group sre-oncall), and waits until the guard
 // judges requests there.
-func newProtected(ctx context.Context, t *testing.T, ns string) *protected {
+func newProtected(ctx context.Context, t testing.TB, ns string) *protected {
 	t.Helper()
 	must := func(err error) {
 		t.Helper()
@@ -133,7 +133,7 @@ func tenantPod(ns, name, sa string) *corev1.Pod {
 // waitForGuard waits until the API server calls the guard for ns: the
 // configuration and the namespace label reach its informers a moment after
 // they are written.
-func waitForGuard(ctx context.Context, t *testing.T, ns string) {
+func waitForGuard(ctx context.Context, t testing.TB, ns string) {
 	t.Helper()
 	c, _, err := editUser.clients()
 	if err != nil {
