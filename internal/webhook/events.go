@@ -43,15 +43,21 @@ func init() {
 // Event reasons and the longest note events.k8s.io/v1 accepts.
 const maxEventNote = 1024
 
-// eventLimiter spaces out the denial Events of each workload. The events
-// library already folds repeats of one action on one object into a series,
-// but a tenant can vary the object (a new pod name per attempt); one Event
-// per attempt would then flood the namespace. Denials over the limit are
-// still counted and logged at V(1). Keys are workload UIDs, so the map grows
-// only with real workloads.
+// eventLimiter spaces out the denial Events of each workload and rule. The
+// events library already folds repeats of one action on one object into a
+// series, but a tenant can vary the object (a new pod name per attempt); one
+// Event per attempt would then flood the namespace. Each rule has its own
+// budget, so that a flood of one kind of attempt does not hide another.
+// Denials over the limit are still counted and logged at V(1). Keys are
+// workload UIDs and rules, so the map grows only with real workloads.
 type eventLimiter struct {
 	mu       sync.Mutex
-	limiters map[types.UID]flowcontrol.RateLimiter
+	limiters map[limiterKey]flowcontrol.RateLimiter
+}
+
+type limiterKey struct {
+	workload types.UID
+	rule     string
 }
 
 const (
@@ -61,16 +67,17 @@ const (
 )
 
 func newEventLimiter() *eventLimiter {
-	return &eventLimiter{limiters: map[types.UID]flowcontrol.RateLimiter{}}
+	return &eventLimiter{limiters: map[limiterKey]flowcontrol.RateLimiter{}}
 }
 
-func (l *eventLimiter) allow(uid types.UID) bool {
+func (l *eventLimiter) allow(uid types.UID, rule string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rl, ok := l.limiters[uid]
+	key := limiterKey{uid, rule}
+	rl, ok := l.limiters[key]
 	if !ok {
 		rl = flowcontrol.NewTokenBucketRateLimiter(denialQPS, denialBurst)
-		l.limiters[uid] = rl
+		l.limiters[key] = rl
 	}
 	return rl.TryAccept()
 }
@@ -127,7 +134,7 @@ func (h *handler) record(ctx context.Context, req *admissionv1.AdmissionRequest,
 		return
 	}
 
-	if obj == nil || !h.limiter.allow(obj.GetUID()) {
+	if obj == nil || !h.limiter.allow(obj.GetUID(), d.Rule) {
 		h.log.V(1).Info("Request denied", "rule", d.Rule, "request", describe(req), "user", user, "workload", d.Workload.String())
 		return
 	}
