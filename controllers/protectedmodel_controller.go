@@ -72,10 +72,14 @@ func (r *ProtectedModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	facts := r.Facts()
 	if !facts.KeyRelease.Ready() {
 		// A manager that has just started may not have loaded its serving
-		// certificate yet. Applying now would build pods without the CA
-		// bundle and scale serving models to zero; touch nothing instead.
-		logf.FromContext(ctx).V(1).Info("Waiting for the key-release certificate")
-		return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, nil
+		// certificate yet. Applying now would rebuild a model's pods without
+		// the CA bundle and scale it to zero, so a model that has a
+		// Deployment is left alone until the certificate is known. A new
+		// model goes on: it gets its status and a Deployment held at zero.
+		if exists, err := r.exists(ctx, &appsv1.Deployment{ObjectMeta: objectMeta(pm.Namespace, pm.Name)}); err != nil || exists {
+			logf.FromContext(ctx).V(1).Info("Waiting for the key-release certificate")
+			return ctrl.Result{RequeueAfter: keyReleaseRetryInterval}, err
+		}
 	}
 	ns := &corev1.Namespace{}
 	if err := r.Get(ctx, client.ObjectKey{Name: pm.Namespace}, ns); err != nil {
@@ -221,6 +225,17 @@ func (r *ProtectedModelReconciler) Facts() children.ProtectedModelFacts {
 		f.KeyRelease = r.KeyRelease()
 	}
 	return f
+}
+
+// exists reports whether obj (namespace and name set) is in the cache.
+func (r *ProtectedModelReconciler) exists(ctx context.Context, obj client.Object) (bool, error) {
+	if err := r.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("reading %T %s: %w", obj, obj.GetName(), err)
+	}
+	return true, nil
 }
 
 func objectMeta(namespace, name string) metav1.ObjectMeta {

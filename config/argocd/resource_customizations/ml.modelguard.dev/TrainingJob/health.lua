@@ -35,6 +35,9 @@ local failureReasons = {
   DigestMismatch = true,
   BundleTampered = true,
   UnsealFailed = true,
+  -- Events of the admission guard, never condition reasons.
+  BreakGlass = false,
+  AccessDenied = false,
   KeyReleaseDenied = true,
   KeyReleasable = false,
   SecretNotFound = true,
@@ -48,6 +51,7 @@ local failureReasons = {
   PodSecurityRestricted = false,
   PodSecurityViolation = true,
   PodSpecDrift = true,
+  NamespaceNotEnforced = true,
   Scheduled = false,
   Unschedulable = true,
   SchedulingPending = false,
