@@ -119,7 +119,7 @@ func (h *handler) protectedClaim(ctx context.Context, ns, name string) (policy.W
 }
 
 // traits finds what makes a pod, or a pod template, pass for a protected
-// workload's pod.
+// workload's pod, from the cache: its labels and its ServiceAccount.
 func (h *handler) traits(ctx context.Context, ns string, labels map[string]string, spec *corev1.PodSpec) (policy.PodTraits, error) {
 	t := policy.PodTraits{Labels: policy.ModelGuardLabels(labels), LabelsOf: policy.WorkloadFromLabels(ns, labels)}
 	sa := spec.ServiceAccountName
@@ -133,19 +133,25 @@ func (h *handler) traits(ctx context.Context, ns string, labels map[string]strin
 	if protected {
 		t.ServiceAccount, t.ServiceAccountOf = sa, w
 	}
+	return t, nil
+}
+
+// addClaims adds the protected PersistentVolumeClaims the pod mounts to t;
+// each claim is a read from the API server.
+func (h *handler) addClaims(ctx context.Context, ns string, spec *corev1.PodSpec, t *policy.PodTraits) error {
 	for _, v := range spec.Volumes {
 		if v.PersistentVolumeClaim == nil {
 			continue
 		}
 		w, protected, err := h.protectedClaim(ctx, ns, v.PersistentVolumeClaim.ClaimName)
 		if err != nil {
-			return t, err
+			return err
 		}
 		if protected {
 			t.Claims = append(t.Claims, policy.ProtectedClaim{Name: v.PersistentVolumeClaim.ClaimName, Of: w})
 		}
 	}
-	return t, nil
+	return nil
 }
 
 // Controllers whose children may pass for a protected workload's, by the

@@ -267,11 +267,27 @@ func (h *handler) lookAlike(ctx context.Context, req *admissionv1.AdmissionReque
 		return policy.Allowed(), err
 	}
 	t, err := h.traits(ctx, req.Namespace, tmpl.Labels, &tmpl.Spec)
-	if err != nil || !t.Protected() {
-		return policy.Allowed(), err
+	if err != nil {
+		return policy.Decision{}, err
 	}
-	managedOwner := false
-	if r == policy.SystemController || r == policy.TrustedController {
+	// Claims cost a read each from the API server. A pod that already
+	// passes for a protected one by its labels or account is judged by its
+	// owner first, which lets the model's own pods through without them.
+	controller := r == policy.SystemController || r == policy.TrustedController
+	managedOwner, askedOwner := false, false
+	if controller && t.Protected() {
+		askedOwner = true
+		if managedOwner, err = h.managedOwner(ctx, req.Namespace, req.Kind.Kind, meta.OwnerReferences); err != nil || managedOwner {
+			return policy.Allowed(), err
+		}
+	}
+	if err := h.addClaims(ctx, req.Namespace, &tmpl.Spec, &t); err != nil {
+		return policy.Decision{}, err
+	}
+	if !t.Protected() {
+		return policy.Allowed(), nil
+	}
+	if controller && !askedOwner {
 		if managedOwner, err = h.managedOwner(ctx, req.Namespace, req.Kind.Kind, meta.OwnerReferences); err != nil {
 			return policy.Decision{}, err
 		}

@@ -1,6 +1,8 @@
 package webhook_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,9 +16,12 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
@@ -533,5 +538,37 @@ func TestDefaultServiceAccount(t *testing.T) {
 	want := "creating a token for ServiceAccount nlp/default is denied: it is the identity of the pods of ProtectedModel nlp/default, and with its token a program could ask for their key; only the kubelets that run those pods get its tokens"
 	if resp.Allowed || resp.Result.Message != want {
 		t.Errorf("a token for the account of a model called default: allowed %v, %+v; want %q", resp.Allowed, resp.Result, want)
+	}
+}
+
+// claimFailingReader is the API server for a manager that may not read
+// PersistentVolumeClaims.
+type claimFailingReader struct{ client.Reader }
+
+func (r claimFailingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if m, ok := obj.(*metav1.PartialObjectMetadata); ok && m.Kind == "PersistentVolumeClaim" {
+		return apierrors.NewForbidden(schema.GroupResource{Resource: "persistentvolumeclaims"}, key.Name, errors.New("RBAC"))
+	}
+	return r.Reader.Get(ctx, key, obj, opts...)
+}
+
+// TestModelPodsNeedNoClaimRead: the model's own pods, which carry its
+// labels and come from its ReplicaSet, are let through without reading the
+// claims they mount; a pod that only a claim could make protected needs
+// the read, and fails closed without it.
+func TestModelPodsNeedNoClaimRead(t *testing.T) {
+	s := scheme()
+	cache := fake.NewClientBuilder().WithScheme(s).WithObjects(managedObjects()...).Build()
+	api := claimFailingReader{fake.NewClientBuilder().WithScheme(s).WithObjects(append(managedObjects(), tenantObjects()...)...).Build()}
+	f := newFixtureWith(t, cache, api)
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: modelRS + "-y", Labels: podLabels(),
+		OwnerReferences: controllerRef("apps/v1", "ReplicaSet", modelRS, modelRSUID)}, Spec: podSpec(modelName, "bundle")}
+	if resp := f.admit(t, withObjects(t, request(admissionv1.Create, podsGVR, "Pod", "", pod.Name, rsCtrl), pod, nil)); !resp.Allowed {
+		t.Errorf("the model's pod from its ReplicaSet: %s", resp.Result.Message)
+	}
+	plain := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "job-1"}, Spec: podSpec("ci", "bundle")}
+	resp := f.admit(t, withObjects(t, request(admissionv1.Create, podsGVR, "Pod", "", "job-1", alice), plain, nil))
+	if resp.Allowed || !strings.Contains(resp.Result.Message, "denies it to fail closed") {
+		t.Errorf("a pod mounting a claim the guard cannot read: allowed %v, %+v; want it denied to fail closed", resp.Allowed, resp.Result)
 	}
 }
