@@ -40,7 +40,7 @@ func init() {
 	ctrlmetrics.Registry.MustRegister(BreakGlassTotal, DenialsTotal)
 }
 
-// Event reasons and the longest note events.k8s.io/v1 accepts.
+// maxEventNote is the longest note events.k8s.io/v1 accepts.
 const maxEventNote = 1024
 
 // eventLimiter spaces out the denial Events of each workload and rule. The
