@@ -15,13 +15,18 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
+
+	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
 
 // newNamespace creates a namespace with a generated name and removes it when
 // the test ends.
+// newNamespace makes a namespace that enforces Pod Security baseline, as a
+// namespace must before a model is served in it.
 func newNamespace(t *testing.T) string {
 	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "it-"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "it-",
+		Labels: map[string]string{mlv1alpha1.LabelPodSecurityEnforce: "baseline"}}}
 	if err := env.Client.Create(context.Background(), ns); err != nil {
 		t.Fatalf("creating namespace: %v", err)
 	}
