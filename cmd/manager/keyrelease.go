@@ -84,8 +84,8 @@ func (s *certSource) Set(v string) error {
 
 func (k *keyReleaseOptions) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&k.bindAddress, "key-release-bind-address", fmt.Sprintf(":%d", mlv1alpha1.KeyReleasePort),
-		"Address the HTTPS key-release endpoint binds to, on every replica. The models' NetworkPolicies admit egress to the manager pods on port "+
-			fmt.Sprint(mlv1alpha1.KeyReleasePort)+" only. 0 disables it, and with it every model's pods (for tests).")
+		"Address the HTTPS key-release endpoint binds to, on every replica; the admission guard is served there too. The models' NetworkPolicies admit egress to the manager pods on port "+
+			fmt.Sprint(mlv1alpha1.KeyReleasePort)+" only. 0 disables it, and with it every model's pods (for tests, with --admission-guard=false).")
 	fs.StringVar(&k.service, "key-release-service", mlv1alpha1.KeyReleaseServiceName,
 		"Name of the Service, in the operator's namespace, in front of the key-release endpoints; the serving certificate is issued for it.")
 	fs.StringVar(&k.servingCertSecret, "serving-cert-secret", "modelguard-serving-cert",
@@ -152,19 +152,21 @@ func (k *keyReleaseOptions) endpoint(namespace string, source certs.Source) func
 	}
 }
 
-// newCertSource returns the key-release endpoint's certificate source, as
-// --cert-source says: the rotator that issues it, or the follower of the
-// Secret cert-manager writes. Either runs on every replica. c must not be
-// cached: the operator never caches Secrets.
-func (k *keyReleaseOptions) newCertSource(c client.Client, namespace string) (certs.Source, error) {
+// newCertSource returns the certificate source of the key-release listener,
+// as --cert-source says: the rotator that issues it, or the follower of the
+// Secret cert-manager writes. Either runs on every replica. The certificate
+// names the key-release Service, then extraDNSNames (the admission guard's
+// Service, which shares the listener). c must not be cached: the operator
+// never caches Secrets.
+func (k *keyReleaseOptions) newCertSource(c client.Client, namespace string, extraDNSNames ...string) (certs.Source, error) {
 	if k.certSource != certSourceCertManager {
-		return k.newRotator(c, namespace)
+		return k.newRotator(c, namespace, extraDNSNames...)
 	}
 	e, err := certs.NewExternal(c, certs.ExternalOptions{
 		Namespace:     namespace,
 		SecretName:    k.servingCertSecret,
 		ConfigMapName: k.caConfigMap,
-		DNSNames:      k.dnsNames(namespace),
+		DNSNames:      slices.Concat(k.dnsNames(namespace), extraDNSNames),
 		FieldOwner:    mlv1alpha1.FieldManager,
 		Log:           ctrl.Log.WithName("certs"),
 	})
@@ -175,14 +177,14 @@ func (k *keyReleaseOptions) newCertSource(c client.Client, namespace string) (ce
 }
 
 // newRotator returns the serving-certificate rotator of the key-release
-// endpoint; it runs on every replica. c must not be cached: the operator
-// never caches Secrets.
-func (k *keyReleaseOptions) newRotator(c client.Client, namespace string) (*certs.Rotator, error) {
+// listener, for its names and then extraDNSNames; it runs on every replica.
+// c must not be cached: the operator never caches Secrets.
+func (k *keyReleaseOptions) newRotator(c client.Client, namespace string, extraDNSNames ...string) (*certs.Rotator, error) {
 	r, err := certs.New(c, certs.Options{
 		Namespace:     namespace,
 		SecretName:    k.servingCertSecret,
 		ConfigMapName: k.caConfigMap,
-		DNSNames:      k.dnsNames(namespace),
+		DNSNames:      slices.Concat(k.dnsNames(namespace), extraDNSNames),
 		FieldOwner:    mlv1alpha1.FieldManager,
 		Log:           ctrl.Log.WithName("certs"),
 	})
@@ -346,9 +348,10 @@ func modelObject(ctx context.Context, reader client.Reader, ref keyrelease.Model
 	return obj, nil
 }
 
-// keyReleaseServer serves the key-release handler over TLS 1.3 on every
-// replica: a pod may reach any of them through the Service, and the
-// endpoint must answer during a leader change.
+// keyReleaseServer serves the key-release handler, and with it the
+// admission guard, over TLS 1.3 on every replica: a pod, or the API server,
+// may reach any of them through a Service, and both must answer during a
+// leader change.
 type keyReleaseServer struct {
 	addr    string
 	handler http.Handler
@@ -379,8 +382,9 @@ func (s *keyReleaseServer) Start(ctx context.Context) error {
 	srv := &http.Server{
 		Handler: s.handler,
 		TLSConfig: &tls.Config{
-			// The only clients are ModelGuard's own init containers, which
-			// speak TLS 1.3.
+			// The only clients are ModelGuard's own init containers and
+			// the API server calling the admission guard, which all speak
+			// TLS 1.3.
 			MinVersion:     tls.VersionTLS13,
 			GetCertificate: s.cert,
 			// HTTP/2 is off because of the rapid-reset CVEs

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"time"
 
@@ -53,6 +54,7 @@ type options struct {
 	watchNamespaces      map[string]cache.Config
 	gpuTolerations       []corev1.Toleration
 	keyRelease           keyReleaseOptions
+	admission            admissionOptions
 	showVersion          bool
 	zap                  zap.Options
 }
@@ -82,6 +84,7 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 	fs.StringVar(&gpuTolerations, "default-gpu-tolerations", "",
 		`Tolerations, as a JSON list, added to every model and training pod that asks for a GPU, e.g. '[{"key":"gpu-pool","operator":"Exists","effect":"NoSchedule"}]'.`)
 	o.keyRelease.bindFlags(fs)
+	o.admission.bindFlags(fs)
 	fs.BoolVar(&o.showVersion, "version", false, "Print the version and exit.")
 	o.zap = zap.Options{Development: false}
 	o.zap.BindFlags(fs)
@@ -104,6 +107,9 @@ func parseOptions(fs *flag.FlagSet, args []string) (options, error) {
 		return o, fmt.Errorf("--default-gpu-tolerations: %w", err)
 	}
 	if err := o.keyRelease.validate(o.operatorNamespace); err != nil {
+		return o, err
+	}
+	if err := o.admission.validate(&o.keyRelease); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -191,19 +197,27 @@ func clientOptions() client.Options {
 }
 
 // addRunnables registers what the manager runs: the controllers, the
-// key-release endpoint with its serving certificate, the metrics collector,
-// the probes, and the leader-lease owner.
+// key-release endpoint and the admission guard with their serving
+// certificate, the guard's CA injector, the metrics collector, the probes,
+// and the leader-lease owner.
 func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
-	// The certificate source reads (and the rotator writes) its Secret
-	// through a client of its own, straight to the API server: the manager
-	// caches no Secret.
+	// The certificate source reads (and the rotator writes) its Secret, and
+	// the CA injector its ValidatingWebhookConfiguration, through a client
+	// of their own, straight to the API server: the manager caches no
+	// Secret, and may read no other configuration.
 	var certSource certs.Source
+	var direct client.Client
 	if o.keyRelease.enabled() {
-		direct, err := client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()})
-		if err != nil {
+		var err error
+		if direct, err = client.New(restConfig, client.Options{Scheme: mgr.GetScheme(), Mapper: mgr.GetRESTMapper()}); err != nil {
 			return fmt.Errorf("creating the serving-certificate client: %w", err)
 		}
-		if certSource, err = o.keyRelease.newCertSource(direct, o.operatorNamespace); err != nil {
+		// One certificate serves both endpoints on one listener.
+		var guardNames []string
+		if o.admission.enabled {
+			guardNames = o.admission.dnsNames(o.operatorNamespace)
+		}
+		if certSource, err = o.keyRelease.newCertSource(direct, o.operatorNamespace, guardNames...); err != nil {
 			return err
 		}
 	}
@@ -228,6 +242,11 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 		})
 		if err != nil {
 			return err
+		}
+		if o.admission.enabled {
+			if handler, err = addAdmissionGuard(mgr, direct, certSource, o.admission, handler); err != nil {
+				return err
+			}
 		}
 		if err := addKeyRelease(mgr, certSource, o.keyRelease.bindAddress, handler); err != nil {
 			return err
@@ -256,6 +275,31 @@ func addRunnables(mgr ctrl.Manager, restConfig *rest.Config, o options) error {
 		}
 	}
 	return nil
+}
+
+// addAdmissionGuard adds the CA injector of the guard's configuration to
+// mgr and returns the listener's handler: the guard at webhook.Path, key
+// release everywhere else. The guard runs on every replica, leader or not.
+func addAdmissionGuard(mgr ctrl.Manager, direct client.Client, source certs.Source, a admissionOptions, keyRelease http.Handler) (http.Handler, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	guard, err := a.newAdmissionHandler(ctx, admissionDeps{
+		reader:    mgr.GetClient(),
+		apiReader: mgr.GetAPIReader(),
+		identity:  direct,
+		recorder:  mgr.GetEventRecorder("modelguard"),
+		log:       ctrl.Log.WithName("admission-guard"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("admission guard: %w", err)
+	}
+	if err := mgr.Add(&caInjector{
+		c: direct, name: a.configuration, bundle: source.CABundle, ready: source.Ready(),
+		interval: caCheckInterval, resync: caResyncInterval, log: ctrl.Log.WithName("admission-guard"),
+	}); err != nil {
+		return nil, fmt.Errorf("adding the CA injector: %w", err)
+	}
+	return servingMux(keyRelease, guard), nil
 }
 
 // cleanUpLease deletes the leader-election Lease that Start released

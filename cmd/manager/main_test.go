@@ -57,9 +57,61 @@ func TestParseOptions(t *testing.T) {
 		want: func(o *options) { o.showVersion = true },
 	}, {
 		name: "key release disabled needs no namespace",
-		args: []string{"--key-release-bind-address=0"},
+		args: []string{"--key-release-bind-address=0", "--admission-guard=false"},
 		env:  map[string]string{podNamespaceEnv: ""},
-		want: func(o *options) { o.keyRelease.bindAddress = "0" },
+		want: func(o *options) { o.keyRelease.bindAddress, o.admission.enabled = "0", false },
+	}, {
+		name:    "the admission guard needs the key-release listener",
+		args:    []string{"--key-release-bind-address=0"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--admission-guard",
+	}, {
+		name: "admission guard flags",
+		args: []string{"--webhook-configuration=mg-admission-guard", "--webhook-service=mg-webhook",
+			"--admission-trusted-controllers= system:serviceaccount:kueue-system:kueue-controller-manager, batch-bot ,"},
+		env: map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) {
+			o.operatorNamespace = "modelguard-system"
+			o.admission.configuration, o.admission.service = "mg-admission-guard", "mg-webhook"
+			o.admission.trustedControllers = userList{"system:serviceaccount:kueue-system:kueue-controller-manager", "batch-bot"}
+		},
+	}, {
+		name: "no trusted controllers",
+		args: []string{"--admission-trusted-controllers="},
+		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) { o.operatorNamespace, o.admission.trustedControllers = "modelguard-system", nil },
+	}, {
+		name: "the admission guard off ignores its names",
+		args: []string{"--admission-guard=false", "--webhook-service=Not_A_Service"},
+		env:  map[string]string{podNamespaceEnv: "modelguard-system"},
+		want: func(o *options) {
+			o.operatorNamespace, o.admission.enabled, o.admission.service = "modelguard-system", false, "Not_A_Service"
+		},
+	}, {
+		name:    "a trusted ServiceAccount that names no ServiceAccount names the flag",
+		args:    []string{"--admission-trusted-controllers=system:serviceaccount:kueue-controller-manager"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "-admission-trusted-controllers",
+	}, {
+		name:    "a trusted user with a space names the flag",
+		args:    []string{"--admission-trusted-controllers=kueue controller"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "-admission-trusted-controllers",
+	}, {
+		name:    "a configuration name that is not a name names the flag",
+		args:    []string{"--webhook-configuration=Admission Guard"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--webhook-configuration",
+	}, {
+		name:    "a webhook Service name that is not a DNS label names the flag",
+		args:    []string{"--webhook-service=mg.webhook"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--webhook-service",
+	}, {
+		name:    "the webhook needs a Service of its own",
+		args:    []string{"--webhook-service=mg-key-release", "--key-release-service=mg-key-release"},
+		env:     map[string]string{podNamespaceEnv: "modelguard-system"},
+		wantErr: "--webhook-service",
 	}, {
 		name:    "a key-release address without a port names the flag",
 		args:    []string{"--key-release-bind-address=8444"},
@@ -108,10 +160,12 @@ func TestParseOptions(t *testing.T) {
 			}
 			want := options{metricsAddr: "0", probeAddr: ":8081", secureMetrics: true, unsealImage: got.unsealImage,
 				keyRelease: keyReleaseOptions{bindAddress: ":8444", service: "modelguard-key-release",
-					servingCertSecret: "modelguard-serving-cert", caConfigMap: "modelguard-ca"}}
+					servingCertSecret: "modelguard-serving-cert", caConfigMap: "modelguard-ca"},
+				admission: admissionOptions{enabled: true, configuration: "modelguard-admission-guard", service: "modelguard-webhook",
+					trustedControllers: userList{"system:serviceaccount:kueue-system:kueue-controller-manager"}}}
 			tc.want(&want)
 			got.zap, got.watchNamespaces = want.zap, nil // checked by their own tests
-			if diff := cmp.Diff(want, got, cmp.AllowUnexported(options{}, keyReleaseOptions{})); diff != "" {
+			if diff := cmp.Diff(want, got, cmp.AllowUnexported(options{}, keyReleaseOptions{}, admissionOptions{})); diff != "" {
 				t.Errorf("options (-want +got):\n%s", diff)
 			}
 		})
