@@ -16,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 )
@@ -205,6 +206,9 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 		want    []string
 		// wantArgs are manager arguments the values must produce.
 		wantArgs []string
+		// replicas of the manager, and the PodDisruptionBudget's
+		// minAvailable when there is more than one.
+		replicas, minAvailable int32
 	}{
 		{
 			name:      "default values",
@@ -225,14 +229,25 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"Secret modelguard-system/modelguard-serving-cert",
 				"ConfigMap modelguard-system/modelguard-ca",
 				"Deployment modelguard-system/modelguard-controller-manager",
+				"PodDisruptionBudget modelguard-system/modelguard-controller-manager",
+				"Service modelguard-system/modelguard-webhook",
+				"ValidatingWebhookConfiguration modelguard-admission-guard",
+				"ClusterRole modelguard-admission-guard-role",
+				"ClusterRoleBinding modelguard-admission-guard-rolebinding",
+				"ClusterRole modelguard-viewer",
+				"ClusterRole modelguard-editor",
+				"ClusterRole modelguard-key-admin",
 			),
 			wantArgs: []string{
 				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:8443",
 				"--metrics-secure=true", "--unseal-image=modelguard:0.1.0",
 				"--key-release-bind-address=:8444", "--key-release-service=modelguard-key-release",
 				"--serving-cert-secret=modelguard-serving-cert", "--ca-configmap=modelguard-ca",
+				"--webhook-service=modelguard-webhook", "--webhook-configuration=modelguard-admission-guard",
+				"--admission-trusted-controllers=system:serviceaccount:kueue-system:kueue-controller-manager",
 				"--zap-log-level=info",
 			},
+			replicas: 2, minAvailable: 1,
 		},
 		{
 			name:      "every option set",
@@ -263,25 +278,38 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"Deployment mg-all/modelguard-controller-manager",
 				"ServiceMonitor mg-all/modelguard-controller-manager",
 				"PodMonitor mg-all/modelguard-models",
+				"PodDisruptionBudget mg-all/modelguard-controller-manager",
+				"Service mg-all/modelguard-webhook",
+				"ValidatingWebhookConfiguration modelguard-admission-guard",
+				"ClusterRole modelguard-admission-guard-role",
+				"ClusterRoleBinding modelguard-admission-guard-rolebinding",
+				"ClusterRole modelguard-viewer",
+				"ClusterRole modelguard-editor",
+				"ClusterRole modelguard-key-admin",
 			),
 			wantArgs: []string{
 				"--leader-elect=true", "--health-probe-bind-address=:8081", "--metrics-bind-address=:9443",
 				"--metrics-secure=true", "--unseal-image=registry.example.com/acme/modelguard-unseal:0.1.0-rc.1",
 				"--key-release-bind-address=:8444", "--key-release-service=modelguard-key-release",
 				"--serving-cert-secret=modelguard-serving-cert", "--ca-configmap=modelguard-ca",
+				"--webhook-service=modelguard-webhook", "--webhook-configuration=modelguard-admission-guard",
+				"--admission-trusted-controllers=system:serviceaccount:kueue-system:kueue-controller-manager,system:serviceaccount:batch-system:batch-admitter",
 				"--zap-log-level=debug",
 				`--default-gpu-tolerations=[{"effect":"NoSchedule","key":"gpu-pool","operator":"Exists"}]`,
 				"--watch-namespaces=team-a,team-b",
 			},
+			replicas: 3, minAvailable: 2,
 		},
 		{
-			// Another release name: the key-release objects are named
-			// after it, and the manager is told those names.
+			// Another release name: the key-release and admission guard
+			// objects are named after it, and the manager is told those
+			// names. One replica has no PodDisruptionBudget, which would
+			// block every drain, and needs no leader election.
 			name:      "metrics and leader election off",
 			namespace: "mg-plain",
 			release:   "ml",
-			args: []string{"--set", "metrics.enabled=false", "--set", "leaderElection.enabled=false",
-				"--set", "image.tag=dev", "--set", "logLevel=5"},
+			args: []string{"--set", "metrics.enabled=false", "--set", "leaderElection.enabled=false", "--set", "replicas=1",
+				"--set", "image.tag=dev", "--set", "logLevel=5", "--set-json", "admissionGuard.trustedControllers=[]"},
 			want: append(common,
 				"ServiceAccount mg-plain/ml-modelguard-controller-manager",
 				"ClusterRole ml-modelguard-manager-role",
@@ -292,14 +320,26 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 				"Secret mg-plain/ml-modelguard-serving-cert",
 				"ConfigMap mg-plain/ml-modelguard-ca",
 				"Deployment mg-plain/ml-modelguard-controller-manager",
+				"Service mg-plain/ml-modelguard-webhook",
+				"ValidatingWebhookConfiguration ml-modelguard-admission-guard",
+				"ClusterRole ml-modelguard-admission-guard-role",
+				"ClusterRoleBinding ml-modelguard-admission-guard-rolebinding",
+				"ClusterRole ml-modelguard-viewer",
+				"ClusterRole ml-modelguard-editor",
+				"ClusterRole ml-modelguard-key-admin",
 			),
 			wantArgs: []string{
 				"--leader-elect=false", "--health-probe-bind-address=:8081", "--metrics-bind-address=0",
 				"--unseal-image=modelguard:dev",
 				"--key-release-bind-address=:8444", "--key-release-service=ml-modelguard-key-release",
 				"--serving-cert-secret=ml-modelguard-serving-cert", "--ca-configmap=ml-modelguard-ca",
+				"--webhook-service=ml-modelguard-webhook", "--webhook-configuration=ml-modelguard-admission-guard",
+				// No trusted controllers: the flag is passed empty, not
+				// left to its default.
+				"--admission-trusted-controllers=",
 				"--zap-log-level=5",
 			},
+			replicas: 1,
 		},
 	}
 	installMonitoringCRDs(t)
@@ -337,6 +377,13 @@ func TestHelmTemplateServerDryRun(t *testing.T) {
 			assertManagerAcceptsArgs(t, d.Spec.Template.Spec.Containers[0].Args)
 			assertPodPassesRestricted(t, d)
 			assertKeyReleaseWiring(t, objs, tc.namespace)
+			assertAdmissionGuardWiring(t, objs, tc.namespace)
+			assertUserRoles(t, objs, fullname+"-")
+			if tc.replicas > 1 {
+				assertHighAvailability(t, objs, tc.replicas, tc.minAvailable)
+			} else if got := ptr.Deref(d.Spec.Replicas, 1); got != tc.replicas {
+				t.Errorf("the manager runs %d replicas, want %d", got, tc.replicas)
+			}
 		})
 	}
 }
@@ -383,6 +430,11 @@ func TestHelmValuesRejected(t *testing.T) {
 			[]string{"replicas > 1 needs leaderElection.enabled=true"}},
 		{"ServiceMonitor without metrics", []string{"--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true"},
 			[]string{"metrics.serviceMonitor.enabled needs metrics.enabled=true"}},
+		{"a budget no drain could meet", []string{"--set", "podDisruptionBudget.minAvailable=2"},
+			[]string{"podDisruptionBudget.minAvailable must be less than replicas"}},
+		{"a budget of no pods", []string{"--set", "podDisruptionBudget.minAvailable=0"}, []string{"/podDisruptionBudget/minAvailable"}},
+		{"trusted controllers in one string", []string{"--set-json", `admissionGuard.trustedControllers=["a,b"]`},
+			[]string{"/admissionGuard/trustedControllers/0"}},
 		{"default GPU toleration with an unknown effect",
 			[]string{"--set-json", `gpu.defaultTolerations=[{"key":"gpu-pool","operator":"Exists","effect":"NoWay"}]`},
 			[]string{"/gpu/defaultTolerations/0/effect"}},

@@ -125,6 +125,13 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 		{Verb: "update", Resource: "secrets", Namespace: namespace, Name: "a-modelkey-kek"},
 		{Verb: "delete", Resource: "secrets", Namespace: namespace, Name: "modelguard-serving-cert"},
 		{Verb: "update", Resource: "configmaps", Namespace: namespace, Name: "someone-elses"},
+		// Of the webhook configurations, only the admission guard's, and
+		// only to keep its caBundle.
+		{Verb: "list", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations"},
+		{Verb: "create", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations"},
+		{Verb: "delete", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "modelguard-admission-guard"},
+		{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "someone-elses"},
+		{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: "modelguard-admission-guard"},
 	}
 	// In its own namespace the operator reads the Secrets ModelKeys name,
 	// and keeps its serving certificate and the CA bundle.
@@ -136,6 +143,10 @@ func TestHelmInstallAndUninstall(t *testing.T) {
 		{Verb: "create", Resource: "configmaps", Namespace: namespace},
 		{Verb: "get", Resource: "configmaps", Namespace: namespace, Name: "modelguard-ca"},
 		{Verb: "patch", Resource: "configmaps", Namespace: namespace, Name: "modelguard-ca"},
+		// The admission guard's caBundle, whatever namespaces it watches.
+		{Verb: "get", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "modelguard-admission-guard"},
+		{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "modelguard-admission-guard"},
+		{Verb: "patch", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "modelguard-admission-guard"},
 	}
 
 	tests := []struct {

@@ -15,18 +15,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
+	"github.com/modelguard/modelguard/internal/webhook"
 )
 
 // packagingTool returns the path of a tool the Makefile builds and exports
@@ -476,4 +482,286 @@ func assertKeyReleaseWiring(t *testing.T, objs []renderedObject, namespace strin
 			t.Errorf("%s grants rights on Secrets outside the operator's namespace", id)
 		}
 	}
+}
+
+// assertAdmissionGuardWiring checks that a render (Helm or kustomize)
+// registers the admission guard the way the manager serves it:
+//   - the ValidatingWebhookConfiguration the manager is told about
+//     (--webhook-configuration) has one webhook, mlv1alpha1.AdmissionWebhookName,
+//     with exactly the rules of webhook.Rules(), calling the Service the
+//     manager is told about (--webhook-service) at webhook.Path, failing
+//     closed within 5 seconds, with no caBundle (the manager injects it);
+//   - its namespaceSelector selects labelled namespaces but never the
+//     operator's own;
+//   - that Service maps 443 to the manager pods' key-release port, where
+//     the manager serves the guard;
+//   - the manager may get, update and patch that configuration, and no
+//     other, and list, watch, create and delete none.
+func assertAdmissionGuardWiring(t *testing.T, objs []renderedObject, namespace string) {
+	t.Helper()
+	d := renderedDeployment(t, objs)
+	c := d.Spec.Template.Spec.Containers[0]
+	if got := managerFlagOr(c.Args, "admission-guard", "true"); got != "true" {
+		t.Errorf("the manager is given --admission-guard=%s", got)
+	}
+	name := managerFlag(t, c.Args, "webhook-configuration")
+	vwc := fromRendered[admissionregistrationv1.ValidatingWebhookConfiguration](t, findRendered(t, objs, "ValidatingWebhookConfiguration", name))
+	if len(vwc.Webhooks) != 1 {
+		t.Fatalf("ValidatingWebhookConfiguration %s has %d webhooks, want 1", name, len(vwc.Webhooks))
+	}
+	w := vwc.Webhooks[0]
+	if w.Name != mlv1alpha1.AdmissionWebhookName {
+		t.Errorf("webhook name %q, want %q", w.Name, mlv1alpha1.AdmissionWebhookName)
+	}
+	if diff := cmp.Diff(webhook.Rules(), w.Rules); diff != "" {
+		t.Errorf("ValidatingWebhookConfiguration %s rules differ from webhook.Rules() (-want +got):\n%s", name, diff)
+	}
+	serviceName := managerFlag(t, c.Args, "webhook-service")
+	wantClient := admissionregistrationv1.WebhookClientConfig{Service: &admissionregistrationv1.ServiceReference{
+		Namespace: namespace, Name: serviceName, Path: ptr.To(webhook.Path), Port: ptr.To[int32](443)}}
+	if diff := cmp.Diff(wantClient, w.ClientConfig); diff != "" {
+		t.Errorf("webhook clientConfig (-want +got):\n%s", diff)
+	}
+	type settings struct {
+		FailurePolicy  admissionregistrationv1.FailurePolicyType
+		MatchPolicy    admissionregistrationv1.MatchPolicyType
+		SideEffects    admissionregistrationv1.SideEffectClass
+		TimeoutSeconds int32
+		ReviewVersions []string
+		ObjectSelector *metav1.LabelSelector
+	}
+	got := settings{ReviewVersions: w.AdmissionReviewVersions, ObjectSelector: w.ObjectSelector}
+	got.FailurePolicy, got.MatchPolicy = ptr.Deref(w.FailurePolicy, ""), ptr.Deref(w.MatchPolicy, "")
+	got.SideEffects, got.TimeoutSeconds = ptr.Deref(w.SideEffects, ""), ptr.Deref(w.TimeoutSeconds, 0)
+	want := settings{FailurePolicy: admissionregistrationv1.Fail, MatchPolicy: admissionregistrationv1.Equivalent,
+		SideEffects: admissionregistrationv1.SideEffectClassNoneOnDryRun, TimeoutSeconds: 5, ReviewVersions: []string{"v1"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("webhook settings (-want +got):\n%s", diff)
+	}
+
+	// CONNECT requests carry no object, so the namespace is the scope.
+	if w.NamespaceSelector == nil {
+		t.Fatal("the webhook has no namespaceSelector: it would judge every namespace")
+	}
+	selector, err := metav1.LabelSelectorAsSelector(w.NamespaceSelector)
+	if err != nil {
+		t.Fatalf("namespaceSelector: %v", err)
+	}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   bool
+	}{
+		{map[string]string{mlv1alpha1.LabelProtectedNamespace: "true", corev1.LabelMetadataName: "nlp"}, true},
+		{map[string]string{corev1.LabelMetadataName: "nlp"}, false},
+		{map[string]string{mlv1alpha1.LabelProtectedNamespace: "false", corev1.LabelMetadataName: "nlp"}, false},
+		// The operator's own namespace, even labelled: the guard must
+		// never stand between the operator and its own Secrets and pods.
+		{map[string]string{mlv1alpha1.LabelProtectedNamespace: "true", corev1.LabelMetadataName: namespace}, false},
+	} {
+		if got := selector.Matches(labels.Set(tc.labels)); got != tc.want {
+			t.Errorf("namespaceSelector %q matches a namespace labelled %v: %v, want %v", selector, tc.labels, got, tc.want)
+		}
+	}
+
+	// The Service leads to the listener that serves the guard.
+	svc := fromRendered[corev1.Service](t, findRendered(t, objs, "Service", serviceName))
+	if svc.Namespace != namespace {
+		t.Errorf("Service %s is in %q, want the operator's namespace %s", serviceName, svc.Namespace, namespace)
+	}
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Port != 443 || svc.Spec.Ports[0].TargetPort.String() != "key-release" {
+		t.Errorf("Service %s ports %+v, want 443 to targetPort key-release", serviceName, svc.Spec.Ports)
+	}
+	if len(svc.Spec.Selector) == 0 {
+		t.Errorf("Service %s selects nothing", serviceName)
+	}
+	for k, v := range svc.Spec.Selector {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("Service %s selects %s=%s, which the manager pods do not carry", serviceName, k, v)
+		}
+	}
+	if serviceName == managerFlag(t, c.Args, "key-release-service") {
+		t.Errorf("the guard's Service is the key-release Service %s", serviceName)
+	}
+
+	// The manager keeps that configuration's caBundle, and touches no other.
+	rules := clusterRulesOf(t, objs, d.Spec.Template.Spec.ServiceAccountName, namespace)
+	for _, verb := range []string{"get", "update", "patch"} {
+		check := rbacCheck{Verb: verb, Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: name}
+		if !rulesAllow(rules, check) {
+			t.Errorf("the manager's ClusterRoles do not allow %s", check)
+		}
+	}
+	for _, check := range []rbacCheck{
+		{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "someone-elses"},
+		{Verb: "get", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: "someone-elses"},
+		{Verb: "list", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations"},
+		{Verb: "watch", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations"},
+		{Verb: "create", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations"},
+		{Verb: "delete", Group: "admissionregistration.k8s.io", Resource: "validatingwebhookconfigurations", Name: name},
+		{Verb: "update", Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Name: name},
+	} {
+		if rulesAllow(rules, check) {
+			t.Errorf("the manager's ClusterRoles allow %s, which it does not need", check)
+		}
+	}
+}
+
+// assertHighAvailability checks that the manager runs replicas pods spread
+// over nodes where possible, with a PodDisruptionBudget that keeps
+// minAvailable of them through a drain.
+func assertHighAvailability(t *testing.T, objs []renderedObject, replicas, minAvailable int32) {
+	t.Helper()
+	d := renderedDeployment(t, objs)
+	if got := ptr.Deref(d.Spec.Replicas, 1); got != replicas {
+		t.Errorf("the manager runs %d replicas, want %d", got, replicas)
+	}
+	if got := managerFlagOr(d.Spec.Template.Spec.Containers[0].Args, "leader-elect", "false"); got != "true" && got != "" {
+		t.Errorf("--leader-elect=%s with %d replicas: every replica would reconcile", got, replicas)
+	}
+	var pdb *policyv1.PodDisruptionBudget
+	for _, o := range objs {
+		if o.GetKind() == "PodDisruptionBudget" {
+			pdb = fromRendered[policyv1.PodDisruptionBudget](t, o.Unstructured)
+		}
+	}
+	if pdb == nil {
+		t.Fatalf("the render has no PodDisruptionBudget: %v", objectIDs(objs))
+	}
+	if pdb.Namespace != d.Namespace || pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != int(minAvailable) || pdb.Spec.MaxUnavailable != nil {
+		t.Errorf("PodDisruptionBudget %s/%s: minAvailable %v, maxUnavailable %v; want minAvailable %d in %s",
+			pdb.Namespace, pdb.Name, pdb.Spec.MinAvailable, pdb.Spec.MaxUnavailable, minAvailable, d.Namespace)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("PodDisruptionBudget selector %v does not select the manager pods %v (err %v)", pdb.Spec.Selector, d.Spec.Template.Labels, err)
+	}
+	anti := d.Spec.Template.Spec.Affinity
+	if anti == nil || anti.PodAntiAffinity == nil || len(anti.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) == 0 {
+		t.Fatalf("the manager pods have no soft pod anti-affinity: %+v", anti)
+	}
+	if len(anti.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) > 0 {
+		t.Errorf("the manager pods' anti-affinity is required, which leaves a replica pending on a one-node cluster")
+	}
+	term := anti.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].PodAffinityTerm
+	sel, err = metav1.LabelSelectorAsSelector(term.LabelSelector)
+	if term.TopologyKey != corev1.LabelHostname || err != nil || sel.Empty() || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("anti-affinity term %+v does not spread the manager pods by %s", term, corev1.LabelHostname)
+	}
+}
+
+// userRoles are the ClusterRoles for people (issue 13), by their suffix
+// after the release's name prefix: what each grants, and whether the
+// built-in view, edit and admin roles aggregate it.
+var userRoles = []struct {
+	suffix     string
+	rules      []rbacv1.PolicyRule
+	aggregated bool
+}{{
+	suffix: "viewer",
+	rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"protectedmodels", "trainingjobs"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"protectedmodels/status", "trainingjobs/status"}, Verbs: []string{"get"}},
+	},
+	aggregated: true,
+}, {
+	suffix: "editor",
+	rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"protectedmodels", "trainingjobs"},
+			Verbs: []string{"create", "delete", "get", "list", "patch", "update", "watch"}},
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"protectedmodels/status", "trainingjobs/status"}, Verbs: []string{"get"}},
+	},
+}, {
+	suffix: "key-admin",
+	rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"modelkeys"},
+			Verbs: []string{"create", "delete", "get", "list", "patch", "update", "watch"}},
+		{APIGroups: []string{mlv1alpha1.GroupVersion.Group}, Resources: []string{"modelkeys/status"}, Verbs: []string{"get"}},
+	},
+}}
+
+// aggregationLabels are the labels that make the built-in roles include a
+// ClusterRole's rules.
+var aggregationLabels = []string{
+	"rbac.authorization.k8s.io/aggregate-to-view",
+	"rbac.authorization.k8s.io/aggregate-to-edit",
+	"rbac.authorization.k8s.io/aggregate-to-admin",
+}
+
+// assertUserRoles checks the roles for people: prefix-viewer, -editor and
+// -key-admin grant what userRoles says, only the viewer is aggregated into
+// view, edit and admin, and no role for people is bound by the render.
+func assertUserRoles(t *testing.T, objs []renderedObject, prefix string) {
+	t.Helper()
+	for _, r := range userRoles {
+		name := prefix + r.suffix
+		role := fromRendered[rbacv1.ClusterRole](t, findRendered(t, objs, "ClusterRole", name))
+		if diff := cmp.Diff(normalizeRules(r.rules), normalizeRules(role.Rules)); diff != "" {
+			t.Errorf("ClusterRole %s rules (-want +got):\n%s", name, diff)
+		}
+		for _, l := range aggregationLabels {
+			if got := role.Labels[l] == "true"; got != r.aggregated {
+				t.Errorf("ClusterRole %s labelled %s=%q; want aggregated %v", name, l, role.Labels[l], r.aggregated)
+			}
+		}
+		if role.AggregationRule != nil {
+			t.Errorf("ClusterRole %s aggregates others: %+v", name, role.AggregationRule)
+		}
+		for _, o := range objs {
+			if k := o.GetKind(); k == "RoleBinding" || k == "ClusterRoleBinding" {
+				if b := fromRendered[rbacv1.RoleBinding](t, o.Unstructured); b.RoleRef.Name == name {
+					t.Errorf("%s binds %s: who gets it is the cluster's choice", objectID(o.Unstructured), name)
+				}
+			}
+		}
+	}
+}
+
+// renderedDeployment is the render's one Deployment, the manager.
+func renderedDeployment(t *testing.T, objs []renderedObject) *appsv1.Deployment {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == "Deployment" {
+			return fromRendered[appsv1.Deployment](t, o.Unstructured)
+		}
+	}
+	t.Fatalf("the render has no Deployment: %v", objectIDs(objs))
+	return nil
+}
+
+// managerFlagOr returns the value of --name=value in args, "" for a bare
+// --name, or def when the flag is not passed.
+func managerFlagOr(args []string, name, def string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+		if a == "--"+name {
+			return ""
+		}
+	}
+	return def
+}
+
+// clusterRulesOf collects the rules of every ClusterRole in the render
+// that a ClusterRoleBinding grants ServiceAccount namespace/serviceAccount.
+func clusterRulesOf(t *testing.T, objs []renderedObject, serviceAccount, namespace string) []rbacv1.PolicyRule {
+	t.Helper()
+	var rules []rbacv1.PolicyRule
+	for _, o := range objs {
+		if o.GetKind() != "ClusterRoleBinding" {
+			continue
+		}
+		b := fromRendered[rbacv1.ClusterRoleBinding](t, o.Unstructured)
+		if b.RoleRef.Kind != "ClusterRole" || !slices.ContainsFunc(b.Subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == rbacv1.ServiceAccountKind && s.Name == serviceAccount && s.Namespace == namespace
+		}) {
+			continue
+		}
+		for _, r := range objs {
+			if r.GetKind() == "ClusterRole" && r.GetName() == b.RoleRef.Name {
+				rules = append(rules, fromRendered[rbacv1.ClusterRole](t, r.Unstructured).Rules...)
+			}
+		}
+	}
+	return rules
 }

@@ -68,12 +68,33 @@ Certificate is named like its Secret.
 {{- end -}}
 
 {{/*
-The names the serving certificate is issued for, as the manager derives
-them from --key-release-service and its namespace.
+The key-release Service's names, as the manager derives them from
+--key-release-service and its namespace; the serving certificate names
+them, then the admission guard's (modelguard.webhookDNSNames).
 */}}
 {{- define "modelguard.keyReleaseDNSNames" -}}
 - {{ include "modelguard.keyReleaseServiceName" . }}.{{ .Release.Namespace }}.svc
 - {{ include "modelguard.keyReleaseServiceName" . }}.{{ .Release.Namespace }}.svc.cluster.local
+{{- end -}}
+
+{{/*
+The admission guard: its ValidatingWebhookConfiguration (cluster-scoped,
+named after the release) and the Service through which the API server calls
+it, on the manager's key-release port. The manager gets both names as flags,
+keeps the configuration's caBundle, and has its serving certificate issued
+for the Service too.
+*/}}
+{{- define "modelguard.webhookServiceName" -}}
+{{ include "modelguard.fullname" . | trunc 55 | trimSuffix "-" }}-webhook
+{{- end -}}
+
+{{- define "modelguard.webhookConfigurationName" -}}
+{{ include "modelguard.fullname" . }}-admission-guard
+{{- end -}}
+
+{{- define "modelguard.webhookDNSNames" -}}
+- {{ include "modelguard.webhookServiceName" . }}.{{ .Release.Namespace }}.svc
+- {{ include "modelguard.webhookServiceName" . }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- end -}}
 
 {{- define "modelguard.image" -}}
