@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 )
@@ -37,6 +38,14 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 		"Service modelguard-system/modelguard-controller-manager-metrics-service",
 		"Service modelguard-system/modelguard-key-release",
 		"Deployment modelguard-system/modelguard-controller-manager",
+		"PodDisruptionBudget modelguard-system/modelguard-controller-manager",
+		"Service modelguard-system/modelguard-webhook",
+		"ValidatingWebhookConfiguration modelguard-admission-guard",
+		"ClusterRole modelguard-admission-guard-role",
+		"ClusterRoleBinding modelguard-admission-guard-rolebinding",
+		"ClusterRole modelguard-viewer",
+		"ClusterRole modelguard-editor",
+		"ClusterRole modelguard-key-admin",
 	}
 	got := objectIDs(objs)
 	sort.Strings(want)
@@ -57,6 +66,9 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 	// kustomize's namePrefix does not rewrite arguments, so this also checks
 	// that the names the manager is given are the prefixed ones.
 	assertKeyReleaseWiring(t, objs, "modelguard-system")
+	assertAdmissionGuardWiring(t, objs, "modelguard-system")
+	assertHighAvailability(t, objs, 2, 1)
+	assertUserRoles(t, objs, "modelguard-")
 
 	// Every binding names the ServiceAccount the Deployment runs as, in the
 	// namespace kustomize moved it to.
@@ -80,6 +92,10 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 		{"ClusterRole", "modelguard-metrics-reader"},
 		{"Role", "modelguard-leader-election-role"},
 		{"Role", "modelguard-manager-namespace-role"},
+		{"ClusterRole", "modelguard-admission-guard-role"},
+		{"ClusterRole", "modelguard-viewer"},
+		{"ClusterRole", "modelguard-editor"},
+		{"ClusterRole", "modelguard-key-admin"},
 	} {
 		k := fromRendered[rbacv1.ClusterRole](t, findRendered(t, objs, role.kind, role.name))
 		h := fromRendered[rbacv1.ClusterRole](t, findRendered(t, chart, role.kind, role.name))
@@ -87,13 +103,21 @@ func TestKustomizeDefaultServerDryRun(t *testing.T) {
 			t.Errorf("%s %s rules differ (-kustomize +helm):\n%s", role.kind, role.name, diff)
 		}
 	}
-	// And the manager serves key release under the same names.
+	// And the manager serves key release and the admission guard under
+	// the same names, trusting the same controllers.
 	hd := fromRendered[appsv1.Deployment](t, findRendered(t, chart, "Deployment", "modelguard-controller-manager"))
-	for _, flag := range []string{"key-release-bind-address", "key-release-service", "serving-cert-secret", "ca-configmap"} {
+	for _, flag := range []string{"key-release-bind-address", "key-release-service", "serving-cert-secret", "ca-configmap",
+		"webhook-service", "webhook-configuration", "admission-trusted-controllers"} {
 		k, h := managerFlag(t, d.Spec.Template.Spec.Containers[0].Args, flag), managerFlag(t, hd.Spec.Template.Spec.Containers[0].Args, flag)
 		if k != h {
 			t.Errorf("--%s is %q with kustomize, %q with Helm", flag, k, h)
 		}
+	}
+	// The two register the same webhook, to the letter.
+	kw := fromRendered[admissionregistrationv1.ValidatingWebhookConfiguration](t, findRendered(t, objs, "ValidatingWebhookConfiguration", "modelguard-admission-guard"))
+	hw := fromRendered[admissionregistrationv1.ValidatingWebhookConfiguration](t, findRendered(t, chart, "ValidatingWebhookConfiguration", "modelguard-admission-guard"))
+	if diff := cmp.Diff(hw.Webhooks, kw.Webhooks); diff != "" {
+		t.Errorf("the admission guard's webhooks differ (-helm +kustomize):\n%s", diff)
 	}
 }
 
