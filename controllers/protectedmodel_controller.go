@@ -16,10 +16,12 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -274,7 +276,13 @@ func (r *ProtectedModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ServiceAccount{}).
 		Watches(&networkingv1.NetworkPolicy{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespace)).
 		Watches(&mlv1alpha1.ModelKey{}, handler.EnqueueRequestsFromMapFunc(r.modelsOfModelKey)).
-		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespaceNamed)).
+		// Only namespaces that hold models (the guard's label marks them):
+		// their labels decide which ModelKeys their models may use and
+		// whether they enforce Pod Security.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.modelsInNamespaceNamed),
+			builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+				return o.GetLabels()[mlv1alpha1.LabelProtectedNamespace] == "true"
+			}))).
 		Watches(&corev1.Pod{}, podToModel).
 		Watches(&appsv1.ReplicaSet{}, podToModel).
 		Named("protectedmodel").
