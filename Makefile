@@ -45,7 +45,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy and applyconfiguration code for
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the Go types and markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=manager-role paths="./controllers/...;./internal/metrics/...;./internal/keyrelease/..." output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=manager-role paths="./controllers/...;./internal/metrics/...;./internal/keyrelease/...;./internal/webhook/..." output:rbac:artifacts:config=config/rbac
 
 .PHONY: verify
 verify: generate manifests helm-sync argocd-cm fmt-check ## Fail when generated files are stale or Go files are not gofmt'ed.

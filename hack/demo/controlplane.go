@@ -94,7 +94,10 @@ func runControlPlane() error {
 	mgr := exec.Command(manager,
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", probePort),
 		"--operator-namespace", operatorNS,
-		"--key-release-bind-address", fmt.Sprintf("127.0.0.1:%d", keyReleasePort))
+		"--key-release-bind-address", fmt.Sprintf("127.0.0.1:%d", keyReleasePort),
+		// It runs with the admin kubeconfig, not as a ServiceAccount; no
+		// webhook configuration points here, and no pod runs to guard.
+		"--admission-guard=false")
 	mgr.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "POD_NAMESPACE="+operatorNS)
 	mgrLog, err := os.Create(filepath.Join(workDir, "manager.log"))
 	if err != nil {

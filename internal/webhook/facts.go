@@ -17,6 +17,12 @@ import (
 	"github.com/modelguard/modelguard/internal/policy"
 )
 
+// What the guard reads from the API server when the cache may not hold it:
+// a claim's labels (whether it is a protected training output) and a new
+// pod's Job owner. It fails closed without them.
+// +kubebuilder:rbac:groups=core,resources=persistentvolumeclaims,verbs=get
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get
+
 // get reads an object from the cache and, when the cache does not hold it,
 // from the API server: the cache holds only ModelGuard's objects, and may
 // lag behind one just created. found is false when neither has it.

@@ -151,6 +151,7 @@ func TestHelmCertManagerServerDryRun(t *testing.T) {
 			// defaulting: a field its schema dropped would be missing here.
 			stored := dryRunStored(t, k, objs, "cert-manager.io/v1")
 			service := managerFlag(t, args, "key-release-service")
+			webhookService := managerFlag(t, args, "webhook-service")
 			secret := managerFlag(t, args, "serving-cert-secret")
 			serving := stored["Certificate/"+secret]
 			if serving == nil {
@@ -185,7 +186,8 @@ func TestHelmCertManagerServerDryRun(t *testing.T) {
 			}
 			wantServing := certView{
 				SecretName: secret, IssuerKind: "Issuer", IssuerName: fullname + "-ca-issuer", IssuerGroup: "cert-manager.io",
-				DNSNames:     []string{service + "." + tc.namespace + ".svc", service + "." + tc.namespace + ".svc.cluster.local"},
+				DNSNames: []string{service + "." + tc.namespace + ".svc", service + "." + tc.namespace + ".svc.cluster.local",
+					webhookService + "." + tc.namespace + ".svc", webhookService + "." + tc.namespace + ".svc.cluster.local"},
 				Usages:       []string{"server auth", "digital signature"},
 				KeyAlgorithm: "ECDSA", KeyEncoding: "PKCS8", Rotation: "Always", KeySize: 256,
 			}

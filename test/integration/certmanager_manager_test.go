@@ -56,7 +56,7 @@ func installCertManagerChart(t *testing.T, ns string) certManagerInstall {
 	installCertManagerCRDs(t)
 	release := "mg-" + ns
 	render := runTool(t, helmEnv(t), helmPath(t), "template", release, chartDir, "--namespace", ns,
-		"--set", "watchNamespaces={"+ns+"}", "--set", "leaderElection.enabled=false", "--values", certManagerValues)
+		"--set", "watchNamespaces={"+ns+"}", "--set", "leaderElection.enabled=false", "--set", "replicas=1", "--values", certManagerValues)
 	var docs []string
 	var install certManagerInstall
 	for _, o := range splitYAML(t, render) {

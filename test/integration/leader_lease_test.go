@@ -32,7 +32,10 @@ func TestManagerDeletesItsLeaseOnExit(t *testing.T) {
 		"--watch-namespaces", ns, "--unseal-image=modelguard:lease-test",
 		// Every replica serves key release, leader or not; it must not
 		// keep the manager from stopping.
-		"--operator-namespace", ns, "--key-release-bind-address", freeLoopbackAddr(t))
+		"--operator-namespace", ns, "--key-release-bind-address", freeLoopbackAddr(t),
+		// It runs as the envtest admin, not a ServiceAccount, which the
+		// admission guard needs to know who the operator is.
+		"--admission-guard=false")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting the manager: %v", err)

@@ -234,7 +234,7 @@ func installChartRBAC(t *testing.T, ns string) chartInstall {
 	t.Helper()
 	release := "mg-" + ns
 	render := runTool(t, helmEnv(t), helmPath(t), "template", release, chartDir, "--namespace", ns,
-		"--set", "watchNamespaces={"+ns+"}", "--set", "leaderElection.enabled=false")
+		"--set", "watchNamespaces={"+ns+"}", "--set", "leaderElection.enabled=false", "--set", "replicas=1")
 	var docs []string
 	var install chartInstall
 	for _, o := range splitYAML(t, render) {
