@@ -45,6 +45,8 @@ func TestHelmInstalledOperator(t *testing.T) {
 	// Started now, so that it is serving by the time the manager restart
 	// case, which runs after the parallel cases, needs it.
 	restart := startRestartModel(t, env)
+	// The model the admission guard cases attack, set by AdmissionGuard.
+	var guard guardedModel
 
 	t.Run("ProtectedModel", func(t *testing.T) {
 		t.Run("ServesSealedWeights", func(t *testing.T) {
@@ -71,12 +73,24 @@ func TestHelmInstalledOperator(t *testing.T) {
 			t.Parallel()
 			testKeyNotPermitted(t, env)
 		})
+		t.Run("AdmissionGuard", func(t *testing.T) {
+			t.Parallel()
+			guard = startGuardedModel(t, env)
+			testAdmissionGuard(t, guard)
+		})
 	})
 
 	// It stops the manager, which the cases above must not see, so it runs
 	// after them.
 	t.Run("ManagerRestartWhileModelPodStarts", func(t *testing.T) {
 		testManagerRestart(t, env, op, restart)
+	})
+	// It stops the manager too.
+	t.Run("GuardFailsClosed", func(t *testing.T) {
+		if guard.pod == "" {
+			t.Fatal("no guarded model: the AdmissionGuard case did not get that far")
+		}
+		testGuardFailsClosed(t, op, guard)
 	})
 
 	t.Run("Uninstall", func(t *testing.T) {
