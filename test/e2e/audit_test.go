@@ -19,11 +19,14 @@ import (
 
 // auditEvent is the part of an audit.k8s.io/v1 Event the test reads.
 type auditEvent struct {
-	Level     string                    `json:"level"`
-	Stage     string                    `json:"stage"`
-	Verb      string                    `json:"verb"`
-	User      struct{ Username string } `json:"user"`
-	ObjectRef struct {
+	Level string                    `json:"level"`
+	Stage string                    `json:"stage"`
+	Verb  string                    `json:"verb"`
+	User  struct{ Username string } `json:"user"`
+	// ImpersonatedUser is who the request acted as, for an impersonated
+	// request (kubectl --as).
+	ImpersonatedUser struct{ Username string } `json:"impersonatedUser"`
+	ObjectRef        struct {
 		Resource    string `json:"resource"`
 		Subresource string `json:"subresource"`
 		Namespace   string `json:"namespace"`

@@ -31,15 +31,26 @@ type guardedModel struct {
 	unrelated, unrelatedPod string
 }
 
-// startGuardedModel serves a model whose spec.access lets breakGlassGroup
-// exec, and a plain pod in an unrelated namespace.
-func startGuardedModel(t *testing.T, e *modelEnv) guardedModel {
+// newGuardedModel creates a model whose spec.access lets breakGlassGroup
+// exec, and a plain pod in an unrelated namespace, without waiting for
+// them: t is the parent test, so that both outlive the parallel cases for
+// testGuardFailsClosed, which runs after them.
+func newGuardedModel(t *testing.T, e *modelEnv) *guardedModel {
 	t.Helper()
-	g := guardedModel{ns: e.newNamespace(t, "e2e-pm-guard"), name: "guarded"}
+	g := &guardedModel{ns: e.newNamespace(t, "e2e-pm-guard"), name: "guarded"}
 	claim := e.provideBundle(t, g.ns, filepath.Join(e.scratch, "good"))
 	pm := e.protectedModel(g.ns, g.name, claim)
 	pm.Spec.Access = &mlv1alpha1.Access{BreakGlassGroups: []string{breakGlassGroup}}
 	createModel(t, pm)
+	g.unrelated = newNamespace(t, "e2e-unguarded")
+	g.unrelatedPod = "tenants-own"
+	createPod(t, restrictedPod(g.unrelated, g.unrelatedPod, nil, restrictedContainer("client", "idle")))
+	return g
+}
+
+// waitServing waits until the model serves and records its pod.
+func (g *guardedModel) waitServing(t *testing.T) {
+	t.Helper()
 	waitForModel(t, g.ns, g.name, 3*time.Minute, "Ready", func(pm *mlv1alpha1.ProtectedModel) bool {
 		return conditionIs(pm, mlv1alpha1.ConditionReady, metav1.ConditionTrue, mlv1alpha1.ReasonAvailable)
 	})
@@ -48,11 +59,7 @@ func startGuardedModel(t *testing.T, e *modelEnv) guardedModel {
 		t.Fatalf("model %s has %d server pods, want 1", g.name, len(pods))
 	}
 	g.pod = pods[0].Name
-	g.unrelated = newNamespace(t, "e2e-unguarded")
-	g.unrelatedPod = "tenants-own"
-	createPod(t, restrictedPod(g.unrelated, g.unrelatedPod, nil, restrictedContainer("client", "idle")))
 	waitForRunning(t, g.unrelated, g.unrelatedPod)
-	return g
 }
 
 // kubectlAs runs kubectl as user (and groups), by impersonation, with the
@@ -86,7 +93,7 @@ func bindUser(t *testing.T, ns, user, role string) {
 
 // assertGuardDenied checks that a tenant's attempt failed with the guard's
 // message naming the model.
-func assertGuardDenied(t *testing.T, g guardedModel, what, out string, err error) {
+func assertGuardDenied(t *testing.T, g *guardedModel, what, out string, err error) {
 	t.Helper()
 	model := "ProtectedModel " + g.ns + "/" + g.name
 	if err == nil {
@@ -113,7 +120,7 @@ func firstLine(s string) string {
 // the API server is denied with a message naming the model, while a
 // break-glass member may exec (and leaves an Event), and the tenant's own
 // pods elsewhere are untouched.
-func testAdmissionGuard(t *testing.T, g guardedModel) {
+func testAdmissionGuard(t *testing.T, g *guardedModel) {
 	ctx := context.Background()
 	for _, role := range []string{"edit", "admin"} {
 		t.Run(role, func(t *testing.T) {
@@ -134,7 +141,9 @@ func testAdmissionGuard(t *testing.T, g guardedModel) {
 			assertGuardDenied(t, g, "pods/proxy", out, err)
 			out, err = as("get", "--raw", fmt.Sprintf("/api/v1/namespaces/%s/services/%s:http/proxy/", g.ns, g.name))
 			assertGuardDenied(t, g, "services/proxy", out, err)
-			out, err = as("-n", g.ns, "debug", g.pod, "--copy-to", "stolen-copy", "--container", "server", "--", "/demo-server", "idle")
+			// The restricted profile passes Pod Security, so the guard is
+			// what decides.
+			out, err = as("-n", g.ns, "debug", g.pod, "--copy-to", "stolen-copy", "--profile", "restricted", "--container", "server", "--", "/demo-server", "idle")
 			assertGuardDenied(t, g, "debug --copy-to", out, err)
 			out, err = as("-n", g.ns, "create", "token", g.name)
 			assertGuardDenied(t, g, "a token for the model's ServiceAccount", out, err)
@@ -143,7 +152,7 @@ func testAdmissionGuard(t *testing.T, g guardedModel) {
 			// edit and admin roles no longer grant pods/ephemeralcontainers,
 			// so RBAC may refuse before the guard is asked; either way it
 			// must not succeed.
-			out, err = as("-n", g.ns, "debug", g.pod, "--image", "modelguard.local/demo-server:dev", "--target", "server", "--", "/demo-server", "idle")
+			out, err = as("-n", g.ns, "debug", g.pod, "--profile", "restricted", "--image", "modelguard.local/demo-server:dev", "--target", "server", "--", "/demo-server", "idle")
 			if err == nil {
 				t.Errorf("kubectl debug (ephemeral container) succeeded:\n%s", out)
 			} else if !strings.Contains(out, "forbidden") && !strings.Contains(out, "denied") {
@@ -209,13 +218,35 @@ func testAdmissionGuard(t *testing.T, g guardedModel) {
 		if err != nil {
 			t.Error(err)
 		}
+		// The API server's audit log has the session, with who opened it.
+		workDir, err := clusterWorkDir()
+		if err != nil {
+			t.Fatal(err)
+		}
+		logPath := filepath.Join(workDir, "logs", "kube-apiserver-audit.log")
+		err = eventually(20*time.Second, func() error {
+			events, _, err := readAuditLog(logPath)
+			if err != nil {
+				return err
+			}
+			for _, ev := range events {
+				r := ev.ObjectRef
+				if r.Resource == "pods" && r.Subresource == "exec" && r.Namespace == g.ns && r.Name == g.pod && strings.Contains(ev.User.Username+ev.ImpersonatedUser.Username, user) {
+					return nil
+				}
+			}
+			return fmt.Errorf("no audit event for %s's exec into %s/%s", user, g.ns, g.pod)
+		})
+		if err != nil {
+			t.Errorf("the audit log %s: %v", logPath, err)
+		}
 	})
 }
 
 // testGuardFailsClosed scales the operator to zero: with nobody to answer,
 // the API server refuses exec into protected pods (failurePolicy Fail), and
 // exec elsewhere is untouched. It stops the manager, so it runs alone.
-func testGuardFailsClosed(t *testing.T, op *operatorRelease, g guardedModel) {
+func testGuardFailsClosed(t *testing.T, op *operatorRelease, g *guardedModel) {
 	user := "tenant-edit@modelguard.test"
 	deployment := "deployment/" + op.name + "-controller-manager"
 	replicas, err := runKubectl("-n", op.namespace, "get", deployment, "-o", "jsonpath={.spec.replicas}")

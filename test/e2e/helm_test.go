@@ -45,8 +45,9 @@ func TestHelmInstalledOperator(t *testing.T) {
 	// Started now, so that it is serving by the time the manager restart
 	// case, which runs after the parallel cases, needs it.
 	restart := startRestartModel(t, env)
-	// The model the admission guard cases attack, set by AdmissionGuard.
-	var guard guardedModel
+	// The model the admission guard cases attack, created here so that it
+	// outlives the parallel cases.
+	guard := newGuardedModel(t, env)
 
 	t.Run("ProtectedModel", func(t *testing.T) {
 		t.Run("ServesSealedWeights", func(t *testing.T) {
@@ -75,7 +76,7 @@ func TestHelmInstalledOperator(t *testing.T) {
 		})
 		t.Run("AdmissionGuard", func(t *testing.T) {
 			t.Parallel()
-			guard = startGuardedModel(t, env)
+			guard.waitServing(t)
 			testAdmissionGuard(t, guard)
 		})
 	})
