@@ -39,7 +39,6 @@ import (
 	"net/http"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -120,8 +119,7 @@ type Rotator struct {
 	c    client.Client
 	opts Options
 
-	cert     atomic.Pointer[tls.Certificate]
-	bundle   atomic.Pointer[[]byte]
+	served
 	ready    chan struct{}
 	readyOne sync.Once
 }
@@ -197,31 +195,6 @@ func (r *Rotator) ReadyzCheck(*http.Request) error {
 		return errors.New("no serving certificate loaded yet")
 	}
 	return nil
-}
-
-// GetCertificate serves the current certificate, for tls.Config.
-func (r *Rotator) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c := r.cert.Load()
-	if c == nil {
-		return nil, errors.New("no serving certificate loaded yet")
-	}
-	return c, nil
-}
-
-// TLSConfig returns a server configuration that always serves the current
-// certificate. TLS 1.2 is the floor because the API server calls webhooks.
-func (r *Rotator) TLSConfig() *tls.Config {
-	return &tls.Config{GetCertificate: r.GetCertificate, MinVersion: tls.VersionTLS12}
-}
-
-// CABundle returns the published CA bundle (PEM), e.g. for a webhook
-// configuration's caBundle; nil before the first Ensure.
-func (r *Rotator) CABundle() []byte {
-	b := r.bundle.Load()
-	if b == nil {
-		return nil
-	}
-	return slices.Clone(*b)
 }
 
 // Ensure makes one pass: it reads the Secret, renews the CA or the serving

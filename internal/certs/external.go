@@ -9,9 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -76,8 +74,7 @@ type External struct {
 	c    client.Client
 	opts ExternalOptions
 
-	cert   atomic.Pointer[tls.Certificate]
-	bundle atomic.Pointer[[]byte]
+	served
 	// mu guards the fields below.
 	mu sync.Mutex
 	// fingerprint identifies the loaded tls.crt, tls.key and ca.crt.
@@ -168,31 +165,6 @@ func (e *External) ReadyzCheck(*http.Request) error {
 			e.secretRef(), c.Leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return nil
-}
-
-// GetCertificate serves the current certificate, for tls.Config.
-func (e *External) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c := e.cert.Load()
-	if c == nil {
-		return nil, errors.New("no serving certificate loaded yet")
-	}
-	return c, nil
-}
-
-// TLSConfig returns a server configuration that always serves the current
-// certificate. TLS 1.2 is the floor because the API server calls webhooks.
-func (e *External) TLSConfig() *tls.Config {
-	return &tls.Config{GetCertificate: e.GetCertificate, MinVersion: tls.VersionTLS12}
-}
-
-// CABundle returns the Secret's ca.crt as last loaded; nil before the first
-// Load.
-func (e *External) CABundle() []byte {
-	b := e.bundle.Load()
-	if b == nil {
-		return nil
-	}
-	return slices.Clone(*b)
 }
 
 func (e *External) secretRef() string { return e.opts.Namespace + "/" + e.opts.SecretName }
