@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
@@ -61,7 +60,7 @@ func (r *ModelKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if !mk.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
-	provider, err := keys.ModelKeyProvider(ctx, mk, r.OperatorNamespace, uncachedSecrets(r.APIReader))
+	provider, err := keys.ModelKeyProvider(ctx, mk, r.OperatorNamespace, keys.SecretsFrom(r.APIReader))
 	if err == nil {
 		err = selfTest(ctx, provider)
 	}
@@ -154,16 +153,4 @@ func (r *ModelKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&mlv1alpha1.ModelKey{}).
 		Named("modelkey").
 		Complete(r)
-}
-
-// uncachedSecrets reads Secrets through reader, the manager's uncached API
-// reader, so that KEK Secrets are never watched or cached.
-func uncachedSecrets(reader client.Reader) keys.SecretGetter {
-	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-		secret := &corev1.Secret{}
-		if err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
-			return nil, err
-		}
-		return secret, nil
-	}
 }

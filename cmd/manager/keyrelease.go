@@ -240,13 +240,7 @@ func newKeyReleaseHandler(d keyReleaseDeps) (http.Handler, error) {
 // from the API server: a ModelKey, or the Secret it names, that changed is
 // used at once, and no KEK stays in memory between requests.
 func modelKeyProviders(reader client.Reader, operatorNamespace string, log logr.Logger) keyrelease.ProviderKeys {
-	getSecret := func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
-		s := &corev1.Secret{}
-		if err := reader.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, s); err != nil {
-			return nil, err
-		}
-		return s, nil
-	}
+	getSecret := keys.SecretsFrom(reader)
 	return func(ctx context.Context, name string) (keys.Provider, error) {
 		mk := &mlv1alpha1.ModelKey{}
 		if err := reader.Get(ctx, types.NamespacedName{Name: name}, mk); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	mlv1alpha1 "github.com/modelguard/modelguard/api/v1alpha1"
 )
@@ -14,6 +15,18 @@ import (
 // SecretGetter reads one Secret by namespace and name. The operator passes
 // its uncached API reader, so that it never caches Secrets it does not own.
 type SecretGetter func(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+
+// SecretsFrom reads Secrets through reader; the operator passes its uncached
+// API reader, so that KEK Secrets are never watched or cached.
+func SecretsFrom(reader client.Reader) SecretGetter {
+	return func(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+		secret := &corev1.Secret{}
+		if err := reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, secret); err != nil {
+			return nil, err
+		}
+		return secret, nil
+	}
+}
 
 // ProviderError says why ModelKeyProvider could not load a key-encryption key, as
 // the reason of a KeyAvailable condition and a message that names the spec
