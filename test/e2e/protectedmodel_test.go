@@ -954,8 +954,12 @@ func testGPUScheduling(t *testing.T, e *modelEnv) {
 		{tooMany, "Insufficient nvidia.com/gpu"},
 		{wrongProduct, "didn't match Pod's node affinity/selector"},
 	} {
-		pm := waitForModel(t, ns, tc.pm.Name, 3*time.Minute, "GPUScheduled=False", func(pm *mlv1alpha1.ProtectedModel) bool {
-			return conditionIs(pm, mlv1alpha1.ConditionGPUScheduled, metav1.ConditionFalse, mlv1alpha1.ReasonUnschedulable)
+		// The pod starts as soon as the model is created, and the scheduler
+		// may first report the bundle's claim as not yet bound; GPUScheduled
+		// follows its message until it is about the GPUs.
+		pm := waitForModel(t, ns, tc.pm.Name, 3*time.Minute, "GPUScheduled=False naming "+tc.want, func(pm *mlv1alpha1.ProtectedModel) bool {
+			return conditionIs(pm, mlv1alpha1.ConditionGPUScheduled, metav1.ConditionFalse, mlv1alpha1.ReasonUnschedulable) &&
+				strings.Contains(condition(pm, mlv1alpha1.ConditionGPUScheduled).Message, tc.want)
 		})
 		scheduled := condition(pm, mlv1alpha1.ConditionGPUScheduled)
 		if !strings.Contains(scheduled.Message, tc.want) {
