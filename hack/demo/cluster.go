@@ -398,7 +398,18 @@ func (d *demo) proveIsolation(plaintext map[string]string) error {
 	d.modelURL = url
 
 	step("frontend asks the model (its Service's ClusterIP; the model server reports the files it serves)")
-	out, err := d.kubectlOutput(true, "-n", demoNamespace, "exec", "frontend", "--", "/demo-server", "fetch", url)
+	// kube-router admits a new client pod once it has synced the pod's IP
+	// into the model's policy, a moment after the pod is Ready: the allowed
+	// client asks again for a few seconds before the demo gives up.
+	var out string
+	for attempt := 1; ; attempt++ {
+		out, err = d.kubectlOutput(attempt == 1, "-n", demoNamespace, "exec", "frontend", "--", "/demo-server", "fetch", "--timeout", "3s", url)
+		if err == nil || attempt == 5 {
+			break
+		}
+		fmt.Printf("  no answer yet (attempt %d): the network policy controller has not admitted the new client; asking again\n", attempt)
+		time.Sleep(2 * time.Second)
+	}
 	fmt.Print(out)
 	if err != nil {
 		return fmt.Errorf("the allowed client got no answer: %w", err)
