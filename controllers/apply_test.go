@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -290,4 +292,16 @@ func TestStatusIsWrittenOnceForEitherKind(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "writing status") {
 		t.Errorf("stale write: %v, want a conflict", err)
 	}
+}
+
+// TestMain stops the API server the envtest-backed tests started, so that
+// no etcd or kube-apiserver outlives the test binary.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if env != nil {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping the API server:", err)
+		}
+	}
+	os.Exit(code)
 }
