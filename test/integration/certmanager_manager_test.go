@@ -92,27 +92,7 @@ func installCertManagerChart(t *testing.T, ns string) certManagerInstall {
 		t.Fatalf("the chart's serving Certificate: %v", err)
 	}
 
-	token := serviceAccountToken(t, ns, release+"-modelguard-controller-manager")
-	kubeconfig := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: operator
-  user:
-    token: %s
-contexts:
-- name: operator
-  context: {cluster: test, user: operator}
-current-context: operator
-`, env.Config.Host, base64.StdEncoding.EncodeToString(env.Config.CAData), token)
-	install.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(install.kubeconfig, []byte(kubeconfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	install.kubeconfig = operatorKubeconfig(t, ns, release+"-modelguard-controller-manager")
 	return install
 }
 

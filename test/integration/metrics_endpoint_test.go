@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -265,27 +264,7 @@ func installChartRBAC(t *testing.T, ns string) chartInstall {
 		}
 	})
 
-	token := serviceAccountToken(t, ns, release+"-modelguard-controller-manager")
-	kubeconfig := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: operator
-  user:
-    token: %s
-contexts:
-- name: operator
-  context: {cluster: test, user: operator}
-current-context: operator
-`, env.Config.Host, base64.StdEncoding.EncodeToString(env.Config.CAData), token)
-	install.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(install.kubeconfig, []byte(kubeconfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	install.kubeconfig = operatorKubeconfig(t, ns, release+"-modelguard-controller-manager")
 	return install
 }
 

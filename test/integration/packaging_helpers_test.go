@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -764,4 +765,33 @@ func clusterRulesOf(t *testing.T, objs []renderedObject, serviceAccount, namespa
 		}
 	}
 	return rules
+}
+
+// operatorKubeconfig writes a kubeconfig that authenticates as ServiceAccount
+// ns/account with a token from the real TokenRequest API, so that a manager
+// run with it has exactly the chart's RBAC.
+func operatorKubeconfig(t *testing.T, ns, account string) string {
+	t.Helper()
+	token := serviceAccountToken(t, ns, account)
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: operator
+  user:
+    token: %s
+contexts:
+- name: operator
+  context: {cluster: test, user: operator}
+current-context: operator
+`, env.Config.Host, base64.StdEncoding.EncodeToString(env.Config.CAData), token)
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
